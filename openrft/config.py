@@ -1,0 +1,377 @@
+"""Typed, frozen job configuration: one dataclass per stage, composed into `JobConfig`.
+
+Load order: a TOML file, then `section.key=value` overrides, then validation. Every field
+has a default and a one-line comment; out-of-range values raise `ConfigError` naming the
+field and its allowed range. Bedrock's hyperparameter names are accepted in a
+`[hyperParameters]` table (with Bedrock's ranges) and mapped onto the native fields.
+The resolved config is written next to every run and into every checkpoint (`dump_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from openrft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # built-in alias, Hugging Face model directory, or .gguf file
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights and compute dtype of the policy
+    chat_template: Literal["model", "plain"] = "model"  # "plain" renders "role: content" lines
+    init_from: str = ""  # a run's checkpoint or final/ directory whose adapter or weights to start from
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = True  # false = full fine-tuning of every weight
+    rank: int = 16  # LoRA rank r
+    alpha: int = 32  # LoRA scaling numerator (scale = alpha / rank)
+    dropout: float = 0.0  # dropout on the LoRA branch
+    target_modules: tuple[str, ...] = ("all-linear",)  # module names, or "all-linear"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_file: str = "builtin:sst2/train"  # JSONL path, or builtin:sst2/train, builtin:gsm8k/train
+    validation_file: str = ""  # JSONL path; empty = hold out `validation_size` rows of train_file
+    validation_size: int = 100  # rows held out (seeded) when there is no validation file
+    max_prompt_tokens: int = 1024  # a longer rendered prompt is a validation error
+    shuffle: bool = True  # shuffle training rows each epoch (seeded by train.seed and the epoch)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: Literal["hf"] = "hf"  # rollout engine: "hf" = transformers on this process's device
+    samples_per_prompt: int = 8  # G: completions per prompt (the GRPO group)
+    temperature: float = 1.0  # sampling temperature for training rollouts
+    top_p: float = 1.0  # nucleus sampling; 1 disables
+    top_k: int = 0  # top-k sampling; 0 disables
+    max_new_tokens: int = 64  # generation cap per completion
+    stop: tuple[str, ...] = ()  # extra stop strings (the end-of-turn token always stops)
+    batch_size: int = 64  # sequences generated together
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    grader: str = "exact_label"  # "exact_label", "math_answer", "path/file.py:fn" or "module:fn"
+    error_score: float | None = None  # score for a failed grading; unset = drop the sample from the update
+    timeout_s: float = 60.0  # wall-clock limit for grading one sample
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    advantage_scaling: Literal["group", "batch", "none"] = "group"  # divide by group std, batch std, or not
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"  # DAPO, GRPO, Dr. GRPO
+    clip_low: float = 0.2  # ratio lower clip: 1 - clip_low
+    clip_high: float = 0.28  # ratio upper clip: 1 + clip_high (DAPO clip-higher)
+    kl_coef: float = 0.0  # weight of KL to the reference policy; 0 skips the reference forward
+    kl_estimator: Literal["k1", "k3"] = "k3"  # per-token KL estimator
+    entropy_coef: float = 0.0  # entropy bonus weight (entropy is always logged)
+    update_epochs: int = 1  # optimisation passes over one batch (old log-probs kept)
+    mask_truncated: bool = False  # drop completions that hit max_new_tokens from the loss
+    logprob_chunk_tokens: int = 1024  # tokens per chunk when computing log-probs over the vocab
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    prompts_per_step: int = 8  # prompts per RL step (each gets samples_per_prompt completions)
+    micro_batch_size: int = 16  # sequences per forward/backward; gradients accumulate over the step
+    mini_batches: int = 1  # optimizer steps per pass over one RL batch
+    epochs: int = 1  # passes over the training rows
+    max_steps: int = 0  # stop after this many RL steps; 0 = epochs x rows / prompts_per_step
+    learning_rate: float = 1e-5  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.99  # AdamW beta2
+    warmup_steps: int = 0  # linear warm-up steps (optimizer steps)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables
+    seed: int = 0  # seeds data order, sampling and initialisation
+    threads: int = 0  # torch CPU threads; 0 = all cores
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    interval: int = 10  # validate every N steps (always at step 0 and at the end); 0 = only those
+    max_prompts: int = 0  # validation prompts used; 0 = all
+    samples_per_prompt: int = 1  # completions per validation prompt
+    temperature: float = 0.0  # 0 = greedy
+    max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    interval: int = 50  # save every N steps (and at the end); 0 = only at the end
+    keep_last: int = 2  # checkpoints kept; older ones are deleted
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str = "openrft-run"  # run name, used for the default output directory
+    output_dir: str = "runs"  # where `train` creates RUN_DIR when --output is not given
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# Allowed ranges (inclusive) by dotted field name; checked after every load.
+RANGES: dict[str, tuple[float, float]] = {
+    "lora.rank": (1, 1024),
+    "lora.alpha": (1, 4096),
+    "lora.dropout": (0.0, 0.9),
+    "data.validation_size": (1, 100_000),
+    "data.max_prompt_tokens": (8, 1_000_000),
+    "rollout.samples_per_prompt": (2, 256),
+    "rollout.temperature": (0.0, 10.0),
+    "rollout.top_p": (0.0, 1.0),
+    "rollout.top_k": (0, 1_000_000),
+    "rollout.max_new_tokens": (1, 1_000_000),
+    "rollout.batch_size": (1, 100_000),
+    "reward.timeout_s": (0.001, 86_400),
+    "algo.clip_low": (0.0, 1.0),
+    "algo.clip_high": (0.0, 10.0),
+    "algo.kl_coef": (0.0, 100.0),
+    "algo.entropy_coef": (-10.0, 10.0),
+    "algo.update_epochs": (1, 100),
+    "algo.logprob_chunk_tokens": (1, 1_000_000),
+    "train.prompts_per_step": (1, 100_000),
+    "train.micro_batch_size": (1, 100_000),
+    "train.mini_batches": (1, 1024),
+    "train.epochs": (1, 1000),
+    "train.max_steps": (0, 10_000_000),
+    "train.learning_rate": (1e-9, 1.0),
+    "train.weight_decay": (0.0, 10.0),
+    "train.adam_beta1": (0.0, 0.999999),
+    "train.adam_beta2": (0.0, 0.999999),
+    "train.warmup_steps": (0, 10_000_000),
+    "train.min_lr_ratio": (0.0, 1.0),
+    "train.max_grad_norm": (0.0, 1e6),
+    "train.threads": (0, 1024),
+    "eval.interval": (0, 1_000_000),
+    "eval.max_prompts": (0, 10_000_000),
+    "eval.samples_per_prompt": (1, 1024),
+    "eval.temperature": (0.0, 10.0),
+    "eval.max_new_tokens": (0, 1_000_000),
+    "checkpoint.interval": (0, 1_000_000),
+    "checkpoint.keep_last": (1, 1000),
+}
+
+# Bedrock RFTHyperParameters names -> (native field, Bedrock's allowed range or None).
+BEDROCK_ALIASES: dict[str, tuple[str, tuple[float, float] | None]] = {
+    "epochCount": ("train.epochs", (1, 50)),
+    "batchSize": ("train.prompts_per_step", (16, 512)),
+    "learningRate": ("train.learning_rate", (1e-7, 1e-3)),
+    "trainingSamplePerPrompt": ("rollout.samples_per_prompt", (2, 16)),
+    "inferenceMaxTokens": ("rollout.max_new_tokens", None),
+    "maxPromptLength": ("data.max_prompt_tokens", None),
+    "evalInterval": ("eval.interval", (1, 100)),
+}
+BEDROCK_SECTION = "hyperParameters"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a TOML file (or start from defaults), apply `section.key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError("<file>", f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("<file>", f"{path} is not valid TOML: {exc}") from exc
+    for item in overrides or []:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `section.key=value` in a raw config dict; the value is parsed as TOML when it can be."""
+    if "=" not in item:
+        raise ConfigError(item, "an override must look like section.key=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word such as cosine or path/to/file.jsonl
+    table = raw
+    for part in parts[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(key, f"'{part}' is not a section")
+    table[parts[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any]) -> JobConfig:
+    """Build and validate a JobConfig from plain TOML data (Bedrock aliases included)."""
+    raw = _apply_bedrock_aliases(dict(raw))
+    config = _build(JobConfig, raw, prefix="")
+    validate(config)
+    return config
+
+
+def validate(config: JobConfig) -> None:
+    """Check ranges and cross-field rules; raise ConfigError naming the field."""
+    for name, (low, high) in RANGES.items():
+        value = get_field(config, name)
+        if not low <= value <= high:
+            raise ConfigError(name, f"{value} is out of range; allowed {low} to {high}")
+    if not config.data.train_file:
+        raise ConfigError("data.train_file", "is required")
+    if config.reward.error_score is not None and not math.isfinite(config.reward.error_score):
+        raise ConfigError("reward.error_score", "must be a finite number")
+    if not config.lora.target_modules:
+        raise ConfigError("lora.target_modules", "must name at least one module or 'all-linear'")
+
+
+def get_field(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def config_to_dict(config: JobConfig) -> dict[str, Any]:
+    """Plain data for TOML/JSON; unset optional fields (None) are left out."""
+    return _drop_none(dataclasses.asdict(config))
+
+
+def dump_config(config: JobConfig, path: str | Path) -> None:
+    Path(path).write_text(tomli_w.dumps(config_to_dict(config)))
+
+
+def field_comments() -> dict[str, str]:
+    """Dotted field name -> its one-line comment, read from this file (for docs and --help)."""
+    comments: dict[str, str] = {}
+    section = ""
+    owners = {cls.__name__: name for name, cls in _sections().items()}
+    for line in Path(__file__).read_text().splitlines():
+        if line.startswith("class ") and line[6:].split("(")[0].split(":")[0] in owners:
+            section = owners[line[6:].split("(")[0].split(":")[0]]
+        elif section and line.startswith("    ") and ":" in line and "#" in line:
+            name = line.strip().split(":")[0]
+            comments[f"{section}.{name}"] = line.split("#", 1)[1].strip()
+    return comments
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(JobConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(JobConfig) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _apply_bedrock_aliases(raw: dict[str, Any]) -> dict[str, Any]:
+    aliases = raw.pop(BEDROCK_SECTION, None)
+    if aliases is None:
+        return raw
+    if not isinstance(aliases, dict):
+        raise ConfigError(BEDROCK_SECTION, "must be a table")
+    for name, value in aliases.items():
+        if name not in BEDROCK_ALIASES:
+            hint = _suggest(name, BEDROCK_ALIASES)
+            raise ConfigError(f"{BEDROCK_SECTION}.{name}", f"unknown Bedrock hyperparameter{hint}")
+        target, allowed = BEDROCK_ALIASES[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{BEDROCK_SECTION}.{name}", f"must be a number, got {value!r}")
+        if allowed and not allowed[0] <= value <= allowed[1]:
+            raise ConfigError(
+                f"{BEDROCK_SECTION}.{name}",
+                f"{value} is out of Bedrock's range {allowed[0]} to {allowed[1]}",
+            )
+        section, key = target.split(".")
+        table = raw.setdefault(section, {})
+        if key in table and table[key] != value:
+            raise ConfigError(
+                f"{BEDROCK_SECTION}.{name}",
+                f"conflicts with {target} = {table[key]!r}; set only one of them",
+            )
+        table[key] = value
+    return raw
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "<root>", f"must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            where = f"{prefix}{key}"
+            raise ConfigError(where, f"unknown field{_suggest(key, known)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        name = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, raw[f.name], f"{name}.")
+        else:
+            values[f.name] = _coerce(name, hint, raw[f.name])
+    return cls(**values)
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Check a TOML value against a field's type; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(name, f"{value!r} is not one of: {', '.join(map(str, choices))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(name, options[0], value)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(name, f"must be a list, got {value!r}")
+        item_type = typing.get_args(hint)[0]
+        return tuple(_coerce(f"{name}[{i}]", item_type, v) for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a string, got {value!r}")
+        return value
+    raise ConfigError(name, f"unsupported type {hint}")
+
+
+def _suggest(name: str, options: Any) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(options))}"
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
