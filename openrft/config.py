@@ -26,10 +26,14 @@ from openrft.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "smollm2-135m-instruct"  # built-in alias, Hugging Face model directory, or .gguf file
+    name: str = (
+        "smollm2-135m-instruct"  # built-in alias, Hugging Face model directory, or .gguf file
+    )
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights and compute dtype of the policy
     chat_template: Literal["model", "plain"] = "model"  # "plain" renders "role: content" lines
-    init_from: str = ""  # a run's checkpoint or final/ directory whose adapter or weights to start from
+    init_from: str = (
+        ""  # a run's checkpoint or final/ directory whose adapter or weights to start from
+    )
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,20 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class RewardConfig:
     grader: str = "exact_label"  # "exact_label", "math_answer", "path/file.py:fn" or "module:fn"
-    error_score: float | None = None  # score for a failed grading; unset = drop the sample from the update
+    error_score: float | None = (
+        None  # score for a failed grading; unset = drop the sample from the update
+    )
     timeout_s: float = 60.0  # wall-clock limit for grading one sample
 
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    advantage_scaling: Literal["group", "batch", "none"] = "group"  # divide by group std, batch std, or not
-    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"  # DAPO, GRPO, Dr. GRPO
+    advantage_scaling: Literal["group", "batch", "none"] = (
+        "group"  # divide by group std, batch std, or not
+    )
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = (
+        "token_mean"  # DAPO, GRPO, Dr. GRPO
+    )
     clip_low: float = 0.2  # ratio lower clip: 1 - clip_low
     clip_high: float = 0.28  # ratio upper clip: 1 + clip_high (DAPO clip-higher)
     kl_coef: float = 0.0  # weight of KL to the reference policy; 0 skips the reference forward
@@ -273,7 +283,11 @@ def field_comments() -> dict[str, str]:
 
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(JobConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(JobConfig) if dataclasses.is_dataclass(hints[f.name])}
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(JobConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
 
 
 def _apply_bedrock_aliases(raw: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_tokenizer, make_tiny_model_dir  # noqa: E402
 
 # Keep tests off the user's real cache.
-os.environ.setdefault("OPENRFT_CACHE", str(Path(__file__).parent.parent / ".cache" / "test-openrft"))
+os.environ.setdefault(
+    "OPENRFT_CACHE", str(Path(__file__).parent.parent / ".cache" / "test-openrft")
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,93 @@
+"""A run's report: PNG plots of the metrics that matter and `report.md` that embeds them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from openrft.metrics.writer import read_jsonl  # noqa: E402
+
+PLOTS = [
+    ("reward.png", "Train reward", ["reward/mean"], "reward/std"),
+    ("val_reward.png", "Validation reward", ["val/reward/mean"], None),
+    (
+        "completion_length.png",
+        "Completion length (tokens)",
+        ["completion/length_mean", "completion/length_max"],
+        None,
+    ),
+    ("entropy.png", "Policy entropy (nats/token)", ["policy/entropy"], None),
+]
+
+
+def write_report(run_dir: Path, summary: dict[str, Any]) -> Path:
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    images = []
+    for filename, title, keys, band in PLOTS:
+        if _plot(metrics, keys, band, title, run_dir / filename):
+            images.append((title, filename))
+    lines = [
+        f"# openrft run report: {run_dir.name}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| validation reward before | {_fmt(summary.get('val_before'))} |",
+        f"| validation reward after | {_fmt(summary.get('val_after'))} |",
+        f"| steps | {summary.get('steps')} |",
+        f"| wall time | {_fmt(summary.get('wall_s'))} s |",
+        "",
+    ]
+    for title, filename in images:
+        lines += [f"## {title}", "", f"![{title}]({filename})", ""]
+    last = next((m for m in reversed(metrics) if "reward/mean" in m), None)
+    if last:
+        lines += ["## Last step", "", "```json", json.dumps(last, indent=1), "```", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _plot(metrics: list[dict], keys: list[str], band: str | None, title: str, out: Path) -> bool:
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    drawn = False
+    for key in keys:
+        points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        if not points:
+            continue
+        steps, values = zip(*points, strict=True)
+        axis.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=key)
+        drawn = True
+        if band:
+            spread = [
+                (m["step"], m[key], m[band])
+                for m in metrics
+                if m.get(key) is not None and m.get(band) is not None
+            ]
+            if spread:
+                s, v, d = zip(*spread, strict=True)
+                axis.fill_between(
+                    s,
+                    [a - b for a, b in zip(v, d, strict=True)],
+                    [a + b for a, b in zip(v, d, strict=True)],
+                    alpha=0.2,
+                    label=f"± {band}",
+                )
+    if drawn:
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(out)
+    plt.close(figure)
+    return drawn
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,179 @@
+"""A grader that calls a user's Python reward function once per sample.
+
+Owns loading `path/to/file.py:function` or `package.module:function` references and running
+each call under a wall-clock timeout, turning exceptions, hangs and bad return values into
+typed `GradeError`s. The function runs in this process: it is trusted code, not a sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+from openrft.errors import GraderError
+from openrft.rewards.grader import clip_message, to_grade
+from openrft.types import Grade, Sample
+
+REFERENCE_SYNTAX = "'path/to/file.py:function' or 'package.module:function'"
+
+
+class PythonFunctionGrader:
+    """Grades with `fn(response: str, item: dict) -> float | dict[str, float]` (sync or async).
+
+    Each call runs in its own daemon thread joined with `timeout_s`. A call that overruns is
+    reported as a timeout and abandoned: Python cannot kill a thread, so a stuck call keeps
+    running in the background (daemon, so it never blocks interpreter exit). Hard kills
+    (CPU loops, memory blow-ups) need the sandboxed subprocess grader of the grader library.
+    """
+
+    def __init__(self, reference: str, timeout_s: float = 60.0):
+        if not timeout_s > 0:
+            raise GraderError(f"timeout_s must be > 0, got {timeout_s} (reference {reference!r})")
+        self.reference = reference
+        self.timeout_s = float(timeout_s)
+        self.fn = load_function(reference)
+        self.name = reference.strip().rpartition(":")[2].rpartition(".")[2]
+
+    def grade(self, samples: Sequence[Sample]) -> list[Grade]:
+        # One sample at a time: user functions are rarely thread-safe, and a timeout must
+        # only cost the sample that caused it.
+        return [self._grade_one(sample) for sample in samples]
+
+    def _grade_one(self, sample: Sample) -> Grade:
+        start = time.perf_counter()
+        done, result, error = _call_with_timeout(self.fn, sample, self.timeout_s)
+        latency = time.perf_counter() - start
+        if not done:
+            message = (
+                f"{self.name} did not return within {self.timeout_s:g} s on sample {sample.id}"
+            )
+            return Grade.failed("timeout", message, latency)
+        if error is not None:
+            return Grade.failed("runtime_error", describe_exception(error), latency)
+        return to_grade(result, self.name, latency)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`"Type: message (at file.py:line)"`, naming the innermost frame, where it went wrong."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return clip_message(f"{type(exc).__name__}: {exc}{where}")
+
+
+async def _wait(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
+def _call_with_timeout(
+    fn: Callable[..., object], sample: Sample, timeout_s: float
+) -> tuple[bool, object, BaseException | None]:
+    """Runs `fn(sample.response, sample.item())`; returns (finished, result, exception)."""
+    outcome: list[tuple[object, BaseException | None]] = []
+
+    def target() -> None:
+        try:
+            result = fn(sample.response, sample.item())
+            if inspect.isawaitable(result):  # an `async def` reward, or one returning a coroutine
+                result = asyncio.run(_wait(result))
+            outcome.append((result, None))
+        except BaseException as exc:  # SystemExit in a thread would vanish silently otherwise
+            outcome.append((None, exc))
+
+    thread = threading.Thread(target=target, name=f"reward-{sample.id}", daemon=True)
+    thread.start()
+    thread.join(None if math.isinf(timeout_s) else timeout_s)  # join(inf) overflows
+    if not outcome:  # checked instead of is_alive(): the thread may be exiting after appending
+        return False, None, None
+    result, error = outcome[0]
+    return True, result, error
+
+
+def load_function(reference: str) -> Callable[..., object]:
+    """Resolves a reference to a callable; raises GraderError naming the reason and reference."""
+    target, sep, attr_path = reference.strip().rpartition(":")
+    if not sep or not target or not attr_path:
+        raise GraderError(f"bad reward reference {reference!r}: expected {REFERENCE_SYNTAX}")
+    if _looks_like_file(target):
+        module = _load_file(Path(target), reference)
+    else:
+        module = _import_module(target, reference)
+    obj: object = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise GraderError(
+                f"cannot load reward function {reference!r}: {target!r} has no attribute {part!r}"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise GraderError(
+            f"cannot load reward function {reference!r}: {attr_path!r} is a "
+            f"{type(obj).__name__}, not a function"
+        )
+    return obj
+
+
+def _looks_like_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def _load_file(path: Path, reference: str) -> ModuleType:
+    resolved = path.expanduser().resolve()
+    if not resolved.is_file():
+        raise GraderError(f"cannot load reward function {reference!r}: file not found: {resolved}")
+    # A unique module name per file, so two reward files both called reward.py do not collide.
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    stem = "".join(ch if ch.isalnum() else "_" for ch in resolved.stem)
+    module_name = f"_openrft_reward_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise GraderError(f"cannot load reward function {reference!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before execution so dataclasses and pickling inside the file work; the
+    # file's folder is on sys.path while it loads so that it can import sibling helpers.
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(resolved.parent))
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        del sys.modules[module_name]
+        raise GraderError(
+            f"cannot load reward function {reference!r}: executing {resolved} failed: "
+            f"{describe_exception(exc)}"
+        ) from exc
+    finally:
+        with contextlib.suppress(ValueError):  # the file itself may have edited sys.path
+            sys.path.remove(str(resolved.parent))
+    return module
+
+
+def _import_module(name: str, reference: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise GraderError(
+                f"cannot load reward function {reference!r}: no module named {exc.name!r} "
+                "(is it installed, or on PYTHONPATH?)"
+            ) from exc
+        raise GraderError(
+            f"cannot load reward function {reference!r}: importing {name!r} failed: "
+            f"{describe_exception(exc)}"
+        ) from exc
+    except (Exception, SystemExit) as exc:
+        raise GraderError(
+            f"cannot load reward function {reference!r}: importing {name!r} failed: "
+            f"{describe_exception(exc)}"
+        ) from exc

@@ -1,0 +1,162 @@
+"""Rollouts with a transformers model in this process (the CPU default engine).
+
+A hand-written decode loop rather than `model.generate`, for three reasons: each prompt is
+prefilled once and its KV cache shared by its G samples; finished sequences leave the batch
+(their cache rows are dropped); and finish reasons, stop strings and the sampling RNG are ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from openrft.rollout.sampling import sample_next_tokens
+from openrft.types import Completion, FinishReason, SamplingParams
+
+
+class HFEngine:
+    """Samples from a live transformers model (weights shared with the trainer)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 64,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size  # sequences decoded together
+        self.end_token_ids = end_of_turn_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def sync_weights(self, policy: nn.Module) -> None:
+        self.model = policy  # same object, same weights: nothing to copy
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        generator = torch.Generator(device=self._device()).manual_seed(params.seed)
+        prompts_per_chunk = max(1, self.batch_size // params.n)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            results: list[list[Completion]] = []
+            for start in range(0, len(prompts), prompts_per_chunk):
+                chunk = prompts[start : start + prompts_per_chunk]
+                results.extend(self._generate_chunk(chunk, params, generator))
+            return results
+        finally:
+            self.model.train(was_training)
+
+    def _generate_chunk(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator
+    ) -> list[list[Completion]]:
+        device = self._device()
+        input_ids_P_L, attention_P_L = left_pad(prompts, self.pad_id, device)
+        positions_P_L = (attention_P_L.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids_P_L,
+            attention_mask=attention_P_L,
+            position_ids=positions_P_L,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        # Share the prompt computation: one prefill per prompt, its cache repeated G times.
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(params.n)
+        logits_B_V = out.logits[:, -1, :].repeat_interleave(params.n, dim=0)
+        attention_B_L = attention_P_L.repeat_interleave(params.n, dim=0)
+        next_position_B_1 = positions_P_L[:, -1:].repeat_interleave(params.n, dim=0) + 1
+
+        total = len(prompts) * params.n
+        tokens: list[list[int]] = [[] for _ in range(total)]
+        finished: list[FinishReason | None] = [None] * total
+        active = list(range(total))  # sequence index of each batch row
+        for _ in range(params.max_new_tokens):
+            next_B = sample_next_tokens(
+                logits_B_V, params.temperature, params.top_p, params.top_k, generator
+            )
+            keep_rows = []
+            for row, (seq, token) in enumerate(zip(active, next_B.tolist(), strict=True)):
+                tokens[seq].append(token)
+                if token in self.end_token_ids or self._hit_stop_string(tokens[seq], params):
+                    finished[seq] = "stop"
+                else:
+                    keep_rows.append(row)
+            if not keep_rows or len(tokens[active[keep_rows[0]]]) >= params.max_new_tokens:
+                break
+            if len(keep_rows) < len(active):  # drop finished sequences from the batch
+                index = torch.tensor(keep_rows, device=device)
+                cache.batch_select_indices(index)
+                attention_B_L, next_position_B_1 = attention_B_L[index], next_position_B_1[index]
+                next_B = next_B[index]
+                active = [active[row] for row in keep_rows]
+            attention_B_L = torch.cat(
+                [attention_B_L, attention_B_L.new_ones(len(active), 1)], dim=1
+            )
+            out = self.model(
+                input_ids=next_B[:, None],
+                attention_mask=attention_B_L,
+                position_ids=next_position_B_1,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits_B_V = out.logits[:, -1, :]
+            next_position_B_1 = next_position_B_1 + 1
+
+        completions = [
+            self._completion(tokens[i], finished[i] or "length", params) for i in range(total)
+        ]
+        return [completions[i : i + params.n] for i in range(0, total, params.n)]
+
+    def _hit_stop_string(self, token_ids: list[int], params: SamplingParams) -> bool:
+        if not params.stop:
+            return False
+        tail = self.tokenizer.decode(token_ids[-16:], skip_special_tokens=True)
+        return any(stop in tail for stop in params.stop)
+
+    def _completion(
+        self, token_ids: list[int], reason: FinishReason, params: SamplingParams
+    ) -> Completion:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        for stop in params.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        return Completion(token_ids=tuple(token_ids), text=text, finish_reason=reason)
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, L) token ids padded on the left, and the matching attention mask."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, length - len(prompt) :] = 1
+    return ids, mask
+
+
+def end_of_turn_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Every token that ends an assistant turn: the tokenizer's and the model's EOS ids,
+    plus chat end markers such as <|im_end|> and <|endoftext|> when the vocabulary has them."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    generation_config = getattr(model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    vocab = tokenizer.get_vocab()
+    ids.update(
+        vocab[marker] for marker in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if marker in vocab
+    )
+    return frozenset(ids)

@@ -1,0 +1,204 @@
+"""The RL training loop, top to bottom: sample prompts, roll out G completions each, grade,
+compute group-relative advantages, update the policy, log, validate, checkpoint.
+
+    summary = train(load_config("recipes/sst2-smollm2.toml"), Path("runs/demo"))
+
+Every step seeds its own RNGs from (seed, step), so a run resumed from a checkpoint
+produces the same steps as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from openrft.config import JobConfig, dump_config
+from openrft.errors import CheckpointError
+from openrft.metrics import names
+from openrft.metrics.report import write_report
+from openrft.metrics.writer import JsonlLog
+from openrft.rewards import build_grader
+from openrft.rollout.hf_engine import HFEngine
+from openrft.train.checkpoint import (
+    TrainPosition,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from openrft.train.data_setup import JobData, batch_for_step, load_job_data, total_steps
+from openrft.train.optim import build_optimizer
+from openrft.train.policy import build_policy, set_threads
+from openrft.train.progress import Progress
+from openrft.train.rollouts import (
+    assign_advantages,
+    collect_groups,
+    completion_metrics,
+    reward_metrics,
+    rollout_records,
+)
+from openrft.train.update import train_rows, update_policy
+from openrft.types import SamplingParams
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    val_before: float | None
+    val_after: float | None
+    steps: int
+    wall_s: float
+    run_dir: str
+    report: str
+
+
+def train(
+    config: JobConfig, run_dir: Path, resume: bool = False, show_progress: bool = True
+) -> RunSummary:
+    started = time.monotonic()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / "config.toml")
+    set_threads(config.train.threads)
+    torch.manual_seed(config.train.seed)
+
+    policy = build_policy(config)
+    data = load_job_data(config, policy.tokenizer)
+    grader = build_grader(config.reward.grader, config.reward.timeout_s)
+    engine = HFEngine(policy.model, policy.tokenizer, config.rollout.batch_size)
+    steps = total_steps(config, len(data.train))
+    passes = config.algo.update_epochs * config.train.mini_batches
+    optimizer, scheduler = build_optimizer(
+        policy.trainable_parameters(), config.train, steps * passes
+    )
+
+    position = TrainPosition(step=0, prompts_seen=0, val_before=None, wall_s=0.0)
+    checkpoints = list_checkpoints(run_dir) if resume else []
+    if checkpoints:
+        position = load_checkpoint(checkpoints[-1], policy, optimizer, scheduler)
+    elif resume and (run_dir / "final").exists():
+        raise CheckpointError(f"{run_dir} finished already and has no checkpoint to resume from")
+    prior_wall_s = position.wall_s  # time spent by earlier, interrupted sessions of this run
+    metrics_log = JsonlLog(
+        run_dir / "metrics.jsonl", keep_through_step=position.step if resume else -1
+    )
+    rollouts_log = JsonlLog(
+        run_dir / "rollouts.jsonl", keep_through_step=position.step if resume else -1
+    )
+
+    if position.step == 0:
+        validation = validate(engine, data, config, grader, step=0)
+        metrics_log.write({names.STEP: 0, names.EPOCH: 0.0, **validation})
+        position = replace(position, val_before=validation[names.VAL_REWARD_MEAN])
+    val_after = position.val_before
+
+    progress = Progress(steps, position.step, position.val_before, enabled=show_progress)
+    for step in range(position.step + 1, steps + 1):
+        step_started = time.monotonic()
+        torch.manual_seed(config.train.seed * 1_000_003 + step)
+        examples = batch_for_step(step, data, config)
+        params = sampling_params(config, seed=config.train.seed * 1_000_003 + step)
+        prompt_ids = [data.prompt_ids[e.id] for e in examples]
+        groups, timing = collect_groups(engine, examples, prompt_ids, params, grader)
+        assign_advantages(groups, config.algo.advantage_scaling, config.reward.error_score)
+
+        update_started = time.monotonic()
+        stats = update_policy(
+            policy,
+            train_rows(groups, config.algo.mask_truncated),
+            optimizer,
+            scheduler,
+            config.algo,
+            config.train,
+            config.rollout.max_new_tokens,
+        )
+        engine.sync_weights(policy.model)
+        step_s = time.monotonic() - step_started
+        generated = sum(len(c.token_ids) for g in groups for c in g.completions)
+        record = {
+            names.STEP: step,
+            names.EPOCH: step * config.train.prompts_per_step / len(data.train),
+            **reward_metrics(groups),
+            **completion_metrics(groups),
+            names.ENTROPY: stats.entropy,
+            names.KL: stats.kl,
+            names.CLIP_RATIO: stats.clip_ratio,
+            names.LOSS: stats.loss,
+            "loss/policy": stats.policy_loss,
+            names.GRAD_NORM: stats.grad_norm,
+            names.LR: scheduler.get_last_lr()[0],
+            "train/sequences_trained": stats.trained_sequences,
+            names.STEP_S: step_s,
+            names.ROLLOUT_S: timing.rollout_s,
+            names.REWARD_S: timing.reward_s,
+            names.UPDATE_S: time.monotonic() - update_started,
+            names.TOKENS_PER_S: generated / step_s,
+            names.PEAK_RSS_GB: peak_rss_gb(),
+        }
+        if step == steps or (config.eval.interval and step % config.eval.interval == 0):
+            record.update(validate(engine, data, config, grader, step=step))
+            val_after = record[names.VAL_REWARD_MEAN]
+        metrics_log.write(record)
+        for line in rollout_records(groups, step):
+            rollouts_log.write(line)
+        position = TrainPosition(
+            step=step,
+            prompts_seen=step * config.train.prompts_per_step,
+            val_before=position.val_before,
+            wall_s=prior_wall_s + time.monotonic() - started,
+        )
+        if step == steps or (config.checkpoint.interval and step % config.checkpoint.interval == 0):
+            save_checkpoint(
+                run_dir, position, policy, optimizer, scheduler, config, config.checkpoint.keep_last
+            )
+        progress.update(step, record)
+
+    progress.close()
+    metrics_log.close()
+    rollouts_log.close()
+    policy.save(run_dir / "final")
+    wall_s = prior_wall_s + time.monotonic() - started
+    summary = RunSummary(position.val_before, val_after, steps, round(wall_s, 1), str(run_dir), "")
+    report = write_report(run_dir, summary.__dict__)
+    summary = replace(summary, report=str(report))
+    (run_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
+    return summary
+
+
+def validate(
+    engine: HFEngine, data: JobData, config: JobConfig, grader, step: int
+) -> dict[str, float]:
+    """Validation reward on the held-out prompts (greedy unless eval.temperature > 0)."""
+    params = SamplingParams(
+        n=config.eval.samples_per_prompt,
+        temperature=config.eval.temperature,
+        top_p=config.rollout.top_p if config.eval.temperature > 0 else 1.0,
+        top_k=config.rollout.top_k if config.eval.temperature > 0 else 0,
+        max_new_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens,
+        stop=config.rollout.stop,
+        seed=config.train.seed + 7_919 * (step + 1),
+    )
+    prompt_ids = [data.prompt_ids[e.id] for e in data.validation]
+    groups, _ = collect_groups(engine, data.validation, prompt_ids, params, grader)
+    metrics = reward_metrics(groups, prefix="val/reward")
+    metrics.update({f"val/{k}": v for k, v in completion_metrics(groups).items()})
+    return metrics
+
+
+def sampling_params(config: JobConfig, seed: int) -> SamplingParams:
+    rollout = config.rollout
+    return SamplingParams(
+        n=rollout.samples_per_prompt,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        max_new_tokens=rollout.max_new_tokens,
+        stop=rollout.stop,
+        seed=seed,
+    )
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB

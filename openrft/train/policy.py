@@ -1,0 +1,86 @@
+"""The trainable policy: a loaded model wrapped with LoRA (peft) or trained in full.
+
+With LoRA the reference policy for KL is the same model with its adapters disabled, so no
+second copy of the weights exists. Full fine-tuning keeps a frozen copy only when KL is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import peft
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from openrft.config import JobConfig
+from openrft.errors import ModelError
+from openrft.models.load import load_model
+
+
+@dataclass
+class Policy:
+    model: nn.Module  # a PeftModel with LoRA, or the bare model for full fine-tuning
+    tokenizer: PreTrainedTokenizerBase
+    uses_lora: bool
+    frozen_reference: nn.Module | None = None  # full fine-tuning with KL only
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def causal_lm(self) -> PreTrainedModel:
+        """The underlying transformers model (LoRA layers injected in place)."""
+        return self.model.get_base_model() if self.uses_lora else self.model
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[PreTrainedModel]:
+        """The reference policy: adapters disabled, or the frozen copy."""
+        if self.uses_lora:
+            with self.model.disable_adapter():
+                yield self.causal_lm()
+        elif self.frozen_reference is not None:
+            yield self.frozen_reference
+        else:
+            raise ModelError("no reference model: full fine-tuning keeps one only when kl_coef > 0")
+
+    def save(self, directory: Path) -> None:
+        """The adapter (PEFT format) or the full weights, loadable by transformers/peft."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def build_policy(config: JobConfig) -> Policy:
+    model, tokenizer = load_model(config.model.name, config.model.dtype)
+    init_from = Path(config.model.init_from) if config.model.init_from else None
+    if config.lora.enabled:
+        if init_from is not None and (init_from / "adapter_config.json").exists():
+            model = peft.PeftModel.from_pretrained(model, init_from, is_trainable=True)
+        else:
+            model = peft.get_peft_model(model, lora_config(config))
+        return Policy(model=model, tokenizer=tokenizer, uses_lora=True)
+    if init_from is not None:
+        model, _ = load_model(str(init_from), config.model.dtype)
+    reference = None
+    if config.algo.kl_coef > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    return Policy(model=model, tokenizer=tokenizer, uses_lora=False, frozen_reference=reference)
+
+
+def lora_config(config: JobConfig) -> peft.LoraConfig:
+    targets = config.lora.target_modules
+    return peft.LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules="all-linear" if targets == ("all-linear",) else list(targets),
+        task_type="CAUSAL_LM",
+    )
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

@@ -1,0 +1,151 @@
+"""Checks of chunked log-probs/entropy against direct log_softmax, by hand and by gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.utils.checkpoint
+
+from openrft.algo import selective_log_softmax, token_logprobs_and_entropy
+
+N, H, V = 7, 5, 11
+
+
+def _random_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(N, H, generator=gen, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=gen, dtype=torch.float64)
+    bias = torch.randn(V, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, V, (N,), generator=gen)
+    return hidden, weight, bias, targets
+
+
+def _reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return log_probs.gather(-1, targets[:, None]).squeeze(-1), entropy
+
+
+@pytest.mark.parametrize("chunk", [1, 3, N, N + 5])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_direct_log_softmax(chunk: int, with_bias: bool) -> None:
+    hidden, weight, bias, targets = _random_case()
+    b = bias if with_bias else None
+    logprobs, entropy = token_logprobs_and_entropy(
+        hidden, weight, targets, chunk_tokens=chunk, lm_head_bias_V=b, temperature=0.7
+    )
+    ref_logprobs, ref_entropy = _reference(hidden, weight, targets, b, temperature=0.7)
+    assert logprobs.dtype == torch.float64  # float64 inputs are not downcast to float32
+    torch.testing.assert_close(logprobs, ref_logprobs)
+    torch.testing.assert_close(entropy, ref_entropy)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, N + 5])
+def test_gradients_match_unchunked(chunk: int) -> None:
+    hidden, weight, bias, targets = _random_case()
+    coef = torch.linspace(-1, 1, N, dtype=torch.float64)  # weight tokens unevenly
+
+    def grads(chunked: bool) -> tuple[torch.Tensor, ...]:
+        h, w, b = (x.clone().requires_grad_(True) for x in (hidden, weight, bias))
+        if chunked:
+            lp, ent = token_logprobs_and_entropy(h, w, targets, chunk, b)
+            assert ent is not None
+        else:
+            lp, ent = _reference(h, w, targets, b)
+        ((lp * coef).sum() + 0.3 * ent.sum()).backward()
+        return tuple(x.grad for x in (h, w, b))  # type: ignore[misc]
+
+    for got, expected in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_checkpoints_each_chunk_only_with_grad(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bool] = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(bool(kwargs.get("use_reentrant")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
+    hidden, weight, _, targets = _random_case()
+    token_logprobs_and_entropy(hidden.requires_grad_(True), weight, targets, chunk_tokens=3)
+    assert calls == [False, False, False]  # ceil(7 / 3) chunks, all non-reentrant
+    calls.clear()
+    with torch.no_grad():
+        token_logprobs_and_entropy(hidden, weight, targets, chunk_tokens=3)
+    assert calls == []
+
+
+def test_uniform_distribution_entropy_is_log_v() -> None:
+    # Zero weight -> all 4 logits 0 -> p = 1/4 each: logprob = -log 4, entropy = log 4 = 1.3863.
+    logprobs, entropy = token_logprobs_and_entropy(
+        torch.randn(3, 2, dtype=torch.float64),
+        torch.zeros(4, 2, dtype=torch.float64),
+        torch.tensor([0, 2, 3]),
+        chunk_tokens=2,
+    )
+    assert entropy is not None
+    torch.testing.assert_close(entropy, torch.full((3,), math.log(4), dtype=torch.float64))
+    torch.testing.assert_close(logprobs, torch.full((3,), -math.log(4), dtype=torch.float64))
+
+
+def test_temperature_scaling_by_hand() -> None:
+    # hidden [log 3], weight [[0], [1]] -> logits [0, log 3].
+    # T = 1: p = [1/4, 3/4]; logprob(token 1) = log(3/4) = -0.2877;
+    #   entropy = 1/4 log 4 + 3/4 log(4/3) = 0.3466 + 0.2158 = 0.5623.
+    # T = 2: logits [0, log(3)/2] = [0, log sqrt3] -> p = [1, sqrt3] / (1 + sqrt3);
+    #   logprob(token 0) = -log(1 + sqrt3) = -1.0050.
+    hidden = torch.tensor([[math.log(3.0)]], dtype=torch.float64)
+    weight = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    lp1, ent1 = token_logprobs_and_entropy(hidden, weight, torch.tensor([1]))
+    assert lp1.item() == pytest.approx(math.log(0.75))
+    assert ent1 is not None
+    assert ent1.item() == pytest.approx(0.25 * math.log(4) + 0.75 * math.log(4 / 3))
+    lp2, _ = token_logprobs_and_entropy(hidden, weight, torch.tensor([0]), temperature=2.0)
+    assert lp2.item() == pytest.approx(-math.log(1 + math.sqrt(3)))
+
+
+def test_without_entropy_and_low_precision_inputs() -> None:
+    hidden, weight, _, targets = _random_case()
+    lp, ent = token_logprobs_and_entropy(
+        hidden.bfloat16(), weight.bfloat16(), targets, chunk_tokens=4, with_entropy=False
+    )
+    assert ent is None
+    assert lp.dtype == torch.float32  # logits upcast to float32
+    ref, _ = _reference(hidden.bfloat16().double(), weight.bfloat16().double(), targets)
+    torch.testing.assert_close(lp.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_input_and_bad_arguments() -> None:
+    lp, ent = token_logprobs_and_entropy(
+        torch.zeros(0, H), torch.zeros(V, H), torch.zeros(0, dtype=torch.long)
+    )
+    assert lp.shape == (0,) and ent is not None and ent.shape == (0,)
+    hidden, weight, _, targets = _random_case()
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        token_logprobs_and_entropy(hidden, weight, targets, chunk_tokens=0)
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs_and_entropy(hidden, weight, targets, temperature=0.0)
+
+
+def test_selective_log_softmax() -> None:
+    # logits [0, log 3] -> p = [1/4, 3/4]: token 1 -> log(3/4), token 0 -> log(1/4).
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]], dtype=torch.float64)
+    got = selective_log_softmax(logits, torch.tensor([1, 0]))
+    torch.testing.assert_close(got, torch.tensor([math.log(0.75), math.log(0.25)]).double())
+    hidden, weight, _, targets = _random_case()
+    random_logits = hidden @ weight.T
+    expected = torch.log_softmax(random_logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(selective_log_softmax(random_logits, targets), expected)

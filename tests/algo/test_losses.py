@@ -1,0 +1,187 @@
+"""Hand-computed checks of the clipped surrogate, KL estimators, aggregation and masked_mean."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from openrft.algo import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    aggregate_loss,
+    clipped_policy_loss,
+    kl_k1,
+    kl_k3,
+    lookup,
+    masked_mean,
+)
+
+E_HALF = math.exp(0.5)  # 1.64872
+E_MINUS_HALF = math.exp(-0.5)  # 0.60653
+
+
+def t(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+# --- clipped surrogate ------------------------------------------------------------------------
+
+
+def _clip_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Log-ratios per token [0.5, -0.5, log 1.25, 0] -> ratios [e^0.5, e^-0.5, 1.25, 1].
+    # clip_low 0.2, clip_high 0.28 -> clip range [0.8, 1.28]; 1.25 is inside only because
+    # the range is asymmetric (a symmetric 0.2 would clip it at 1.2).
+    log_ratio = torch.tensor([0.5, -0.5, math.log(1.25), 0.0], dtype=torch.float64)
+    old = torch.full((2, 4), -1.0, dtype=torch.float64)
+    logprobs = (old + log_ratio).requires_grad_(True)
+    advantages = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    return logprobs, old, advantages
+
+
+def test_clipped_loss_values_and_indicator() -> None:
+    logprobs, old, advantages = _clip_case()
+    loss, clipped = clipped_policy_loss(logprobs, old, advantages, clip_low=0.2, clip_high=0.28)
+    # A = +1: min(r, clip(r)):
+    #   r = e^0.5 = 1.6487 > 1.28 -> min(1.6487, 1.28) = 1.28, loss -1.28, CLIPPED
+    #   r = e^-0.5 = 0.6065 < 0.8 -> min(0.6065, 0.8) = 0.6065, loss -0.6065 (not clipped)
+    #   r = 1.25 in range -> loss -1.25;  r = 1 -> loss -1
+    # A = -1: min(-r, -clip(r)):
+    #   r = 1.6487 -> min(-1.6487, -1.28) = -1.6487, loss 1.6487 (not clipped)
+    #   r = 0.6065 -> min(-0.6065, -0.8) = -0.8, loss 0.8, CLIPPED
+    #   r = 1.25 -> loss 1.25;  r = 1 -> loss 1
+    expected_loss = t([[-1.28, -E_MINUS_HALF, -1.25, -1.0], [E_HALF, 0.8, 1.25, 1.0]])
+    expected_clipped = t([[1, 0, 0, 0], [0, 1, 0, 0]])
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(clipped, expected_clipped)
+
+
+def test_clipped_tokens_have_zero_gradient() -> None:
+    logprobs, old, advantages = _clip_case()
+    loss, _ = clipped_policy_loss(logprobs, old, advantages, clip_low=0.2, clip_high=0.28)
+    loss.sum().backward()
+    # d(-r * A)/d logp = -r * A on unclipped tokens; 0 where the clipped constant was chosen.
+    # A = +1: [0, -e^-0.5, -1.25, -1];  A = -1: [e^0.5, 0, 1.25, 1].
+    expected = t([[0, -E_MINUS_HALF, -1.25, -1.0], [E_HALF, 0, 1.25, 1.0]])
+    assert logprobs.grad is not None
+    torch.testing.assert_close(logprobs.grad, expected)
+
+
+def test_symmetric_clip_would_clip_ratio_1_25() -> None:
+    # Same case, clip_high 0.2: r = 1.25 > 1.2 with A = +1 -> loss -1.2 and clipped.
+    logprobs, old, advantages = _clip_case()
+    loss, clipped = clipped_policy_loss(logprobs, old, advantages, clip_low=0.2, clip_high=0.2)
+    assert loss[0, 2].item() == pytest.approx(-1.2)
+    assert clipped[0, 2].item() == 1.0
+    assert clipped[1, 2].item() == 0.0  # A = -1: min(-1.25, -1.2) = -1.25, unclipped
+
+
+def test_zero_advantage_is_never_clipped() -> None:
+    logprobs, old, _ = _clip_case()
+    loss, clipped = clipped_policy_loss(
+        logprobs, old, torch.zeros(2, dtype=torch.float64), 0.2, 0.2
+    )
+    assert torch.equal(loss.abs(), torch.zeros(2, 4, dtype=torch.float64))
+    assert torch.equal(clipped, torch.zeros(2, 4, dtype=torch.float64))
+
+
+# --- KL estimators ----------------------------------------------------------------------------
+
+
+def test_kl_estimators_by_hand() -> None:
+    # Token 0: pi = 0.5, pi_ref = 0.25. k1 = log 0.5 - log 0.25 = log 2 = 0.6931.
+    #   k3: r = pi_ref/pi = 0.5 -> 0.5 - log 0.5 - 1 = 0.5 + 0.6931 - 1 = 0.1931.
+    # Token 1: pi = 0.25, pi_ref = 0.5. k1 = -log 2; k3: r = 2 -> 2 - log 2 - 1 = 0.3069.
+    # Token 2: pi = pi_ref -> both 0.
+    logp = torch.log(t([[0.5, 0.25, 0.3]]))
+    ref = torch.log(t([[0.25, 0.5, 0.3]]))
+    ln2 = math.log(2.0)
+    torch.testing.assert_close(kl_k1(logp, ref), t([[ln2, -ln2, 0.0]]))
+    torch.testing.assert_close(kl_k3(logp, ref), t([[0.5 + ln2 - 1, 1 - ln2, 0.0]]))
+
+
+def test_k3_is_non_negative_and_zero_on_equal() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logp = torch.randn(8, 16, generator=gen, dtype=torch.float64)
+    ref = torch.randn(8, 16, generator=gen, dtype=torch.float64)
+    assert (kl_k3(logp, ref) >= 0).all()
+    assert torch.equal(kl_k3(logp, logp), torch.zeros_like(logp))
+
+
+def test_kl_registry() -> None:
+    assert lookup(KL_ESTIMATORS, "k1", "KL estimator") is kl_k1
+    assert lookup(KL_ESTIMATORS, "k3", "KL estimator") is kl_k3
+    with pytest.raises(ValueError, match="unknown KL estimator 'k2'; choose one of: k1, k3"):
+        lookup(KL_ESTIMATORS, "k2", "KL estimator")
+
+
+# --- aggregation ------------------------------------------------------------------------------
+
+NAN = float("nan")
+# Padded positions hold junk (99, NaN) that must never reach the result.
+LOSS = t([[1, 2, 3], [4, 6, 99], [8, 99, 99], [NAN, 99, 99]])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+# Per sequence: sums [6, 10, 8, 0], token counts [3, 2, 1, 0], means [2, 5, 8, 0 (empty)].
+TOTAL_TOKENS = 6.0
+TOTAL_SEQUENCES = 4.0
+MAX_TOKENS = 5  # deliberately != T = 3
+EXPECTED = {
+    "token_mean": 24 / 6,  # (6 + 10 + 8) / 6 = 4
+    "sequence_mean": 15 / 4,  # (2 + 5 + 8 + 0) / 4 = 3.75
+    "constant": 24 / 20,  # 24 / (4 sequences * 5 max tokens) = 1.2
+}
+
+
+@pytest.mark.parametrize("mode", list(EXPECTED))
+def test_aggregation_by_hand(mode: str) -> None:
+    got = aggregate_loss(LOSS, MASK, mode, TOTAL_TOKENS, TOTAL_SEQUENCES, MAX_TOKENS)
+    assert got.dim() == 0
+    assert got.item() == pytest.approx(EXPECTED[mode])
+
+
+@pytest.mark.parametrize("mode", list(EXPECTED))
+def test_micro_batches_sum_to_full_batch(mode: str) -> None:
+    # Rows [0, 1] then [2, 3], each with the whole batch's normalisers:
+    #   token_mean: 16/6 + 8/6 = 4;  sequence_mean: (2+5)/4 + (8+0)/4 = 3.75;
+    #   constant: 16/20 + 8/20 = 1.2.
+    args = (mode, TOTAL_TOKENS, TOTAL_SEQUENCES, MAX_TOKENS)
+    first = aggregate_loss(LOSS[:2], MASK[:2], *args)
+    second = aggregate_loss(LOSS[2:], MASK[2:], *args)
+    assert (first + second).item() == pytest.approx(EXPECTED[mode])
+    assert (first + second).item() == pytest.approx(aggregate_loss(LOSS, MASK, *args).item())
+
+
+@pytest.mark.parametrize("mode", list(EXPECTED))
+def test_micro_batch_gradients_match_full_batch(mode: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    loss = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    mask = torch.rand(6, 5, generator=gen) > 0.4
+    args = (mode, float(mask.sum()), 6.0, 5)
+    full = loss.clone().requires_grad_(True)
+    aggregate_loss(full, mask, *args).backward()
+    split = loss.clone().requires_grad_(True)
+    for rows in (slice(0, 1), slice(1, 4), slice(4, 6)):  # uneven split on purpose
+        aggregate_loss(split[rows], mask[rows], *args).backward()
+    assert full.grad is not None and split.grad is not None
+    torch.testing.assert_close(split.grad, full.grad)
+
+
+@pytest.mark.parametrize("mode", list(EXPECTED))
+def test_all_padding_batch_is_zero_not_nan(mode: str) -> None:
+    got = aggregate_loss(t([[NAN, 1.0]]), torch.zeros(1, 2, dtype=torch.bool), mode, 0, 0, 0)
+    assert got.item() == 0.0
+
+
+def test_aggregation_registry_and_unknown_mode() -> None:
+    assert set(LOSS_AGGREGATIONS) == set(EXPECTED)
+    with pytest.raises(ValueError, match="unknown loss aggregation 'mean'; choose one of: "):
+        aggregate_loss(LOSS, MASK, "mean", TOTAL_TOKENS, TOTAL_SEQUENCES, MAX_TOKENS)
+
+
+def test_masked_mean() -> None:
+    # values [[1, 2], [3, 4]], mask [[1, 0], [1, 1]] -> (1 + 3 + 4) / 3 = 8/3.
+    values = t([[1, 2], [3, 4]])
+    mask = torch.tensor([[1, 0], [1, 1]])
+    assert masked_mean(values, mask).item() == pytest.approx(8 / 3)
+    assert masked_mean(values, torch.zeros(2, 2)).item() == 0.0
