@@ -44,7 +44,7 @@ class UpdateStats:
 
 
 def train_rows(groups: list[RolloutGroup], mask_truncated: bool) -> list[TrainRow]:
-    """Completions that enter the loss: graded (or given an error_score), optionally not truncated."""
+    """Completions that enter the loss: graded (or given error_score), optionally not truncated."""
     rows = []
     for group in groups:
         for completion, advantage in zip(group.completions, group.advantages, strict=True):
