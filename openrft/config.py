@@ -23,17 +23,16 @@ import tomli_w
 
 from openrft.errors import ConfigError
 
+Aggregation = Literal["token_mean", "sequence_mean", "constant"]
+Scaling = Literal["group", "batch", "none"]
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = (
-        "smollm2-135m-instruct"  # built-in alias, Hugging Face model directory, or .gguf file
-    )
+    name: str = "smollm2-135m-instruct"  # built-in alias, HF model directory or .gguf file
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights and compute dtype of the policy
     chat_template: Literal["model", "plain"] = "model"  # "plain" renders "role: content" lines
-    init_from: str = (
-        ""  # a run's checkpoint or final/ directory whose adapter or weights to start from
-    )
+    init_from: str = ""  # run checkpoint or final/ dir to start from
 
 
 @dataclass(frozen=True)
@@ -69,20 +68,14 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class RewardConfig:
     grader: str = "exact_label"  # "exact_label", "math_answer", "path/file.py:fn" or "module:fn"
-    error_score: float | None = (
-        None  # score for a failed grading; unset = drop the sample from the update
-    )
+    error_score: float | None = None  # score given a failed grading; unset = leave it out
     timeout_s: float = 60.0  # wall-clock limit for grading one sample
 
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    advantage_scaling: Literal["group", "batch", "none"] = (
-        "group"  # divide by group std, batch std, or not
-    )
-    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = (
-        "token_mean"  # DAPO, GRPO, Dr. GRPO
-    )
+    advantage_scaling: Scaling = "group"  # divide advantages by the group std, batch std, or not
+    loss_aggregation: Aggregation = "token_mean"  # DAPO token_mean, GRPO sequence_mean, Dr.GRPO
     clip_low: float = 0.2  # ratio lower clip: 1 - clip_low
     clip_high: float = 0.28  # ratio upper clip: 1 + clip_high (DAPO clip-higher)
     kl_coef: float = 0.0  # weight of KL to the reference policy; 0 skips the reference forward
@@ -268,16 +261,17 @@ def dump_config(config: JobConfig, path: str | Path) -> None:
 
 
 def field_comments() -> dict[str, str]:
-    """Dotted field name -> its one-line comment, read from this file (for docs and --help)."""
+    """Dotted field name -> its one-line comment, read from this file (for docs and `config`)."""
+    owners = {cls.__name__: name for name, cls in _sections().items()} | {"JobConfig": ""}
     comments: dict[str, str] = {}
-    section = ""
-    owners = {cls.__name__: name for name, cls in _sections().items()}
+    section: str | None = None
     for line in Path(__file__).read_text().splitlines():
-        if line.startswith("class ") and line[6:].split("(")[0].split(":")[0] in owners:
-            section = owners[line[6:].split("(")[0].split(":")[0]]
-        elif section and line.startswith("    ") and ":" in line and "#" in line:
+        if line and not line.startswith(" "):  # a new top-level statement ends the class body
+            name = line[6:].split("(")[0].split(":")[0] if line.startswith("class ") else ""
+            section = owners.get(name)
+        elif section is not None and line.startswith("    ") and " = " in line and "  # " in line:
             name = line.strip().split(":")[0]
-            comments[f"{section}.{name}"] = line.split("#", 1)[1].strip()
+            comments[f"{section}.{name}".lstrip(".")] = line.split("  # ", 1)[1].strip()
     return comments
 
 
