@@ -149,44 +149,75 @@ def sequence_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs and entropy of each row's completion, as (B, T) with a mask.
 
-    Only the hidden states that predict completion tokens go through the LM head, in chunks,
-    so full-vocabulary logits for the batch never exist at once.
+    Rows that share a prompt (a GRPO group) run the prompt through the model once; its KV
+    cache, with gradients flowing through it, is repeated for the completions. Only hidden
+    states that predict completion tokens reach the LM head, in chunks, so full-vocabulary
+    logits for the batch never exist at once.
     """
     device = next(causal_lm.parameters()).device
-    length = max(len(r.token_ids) for r in rows)
-    ids_B_L = torch.zeros((len(rows), length), dtype=torch.long, device=device)
-    attention_B_L = torch.zeros_like(ids_B_L)
-    for b, row in enumerate(rows):
-        ids_B_L[b, : len(row.token_ids)] = torch.tensor(row.token_ids)
-        attention_B_L[b, : len(row.token_ids)] = 1
-    positions_B_L = torch.arange(length, device=device).expand(len(rows), length)
-    hidden_B_L_H = causal_lm.get_decoder()(
-        input_ids=ids_B_L, attention_mask=attention_B_L, position_ids=positions_B_L
-    ).last_hidden_state
+    width = max(len(r.token_ids) - r.prompt_length for r in rows)
+    hidden_rows: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        by_prompt.setdefault(row.token_ids[: row.prompt_length], []).append(i)
+    for prompt, members in by_prompt.items():
+        completions = [rows[i].token_ids[rows[i].prompt_length :] for i in members]
+        for i, hidden_T_H in zip(
+            members, _shared_prompt_hidden(causal_lm, prompt, completions, device), strict=True
+        ):
+            hidden_rows[i] = hidden_T_H
 
-    completion_lengths = [len(r.token_ids) - r.prompt_length for r in rows]
-    width = max(completion_lengths)
-    offsets_T = torch.arange(width, device=device)
-    starts_B = torch.tensor([r.prompt_length for r in rows], device=device)
-    mask_B_T = (
-        offsets_T[None, :] < torch.tensor(completion_lengths, device=device)[:, None]
-    ).float()
-    # Hidden state at position p predicts the token at p + 1.
-    target_pos_B_T = (starts_B[:, None] + offsets_T[None, :]).clamp(max=length - 1)
-    rows_B_T = torch.arange(len(rows), device=device)[:, None].expand_as(target_pos_B_T)
-    selected = mask_B_T.bool()
-    hidden_N_H = hidden_B_L_H[rows_B_T[selected], target_pos_B_T[selected] - 1]
-    targets_N = ids_B_L[rows_B_T[selected], target_pos_B_T[selected]]
+    lengths_B = torch.tensor([len(r.token_ids) - r.prompt_length for r in rows], device=device)
+    mask_B_T = (torch.arange(width, device=device)[None, :] < lengths_B[:, None]).float()
+    hidden_N_H = torch.cat(hidden_rows, dim=0)
+    targets_N = torch.tensor(
+        [t for r in rows for t in r.token_ids[r.prompt_length :]], dtype=torch.long, device=device
+    )
     head = causal_lm.get_output_embeddings()
     logprobs_N, entropy_N = token_logprobs_and_entropy(
         hidden_N_H, head.weight, targets_N, chunk_tokens, head.bias, with_entropy=with_entropy
     )
+    selected = mask_B_T.bool()
     logprobs_B_T = torch.zeros(mask_B_T.shape, device=device, dtype=logprobs_N.dtype)
     logprobs_B_T = logprobs_B_T.masked_scatter(selected, logprobs_N)
     entropy_B_T = torch.zeros_like(logprobs_B_T)
     if entropy_N is not None:
         entropy_B_T = entropy_B_T.masked_scatter(selected, entropy_N.to(entropy_B_T.dtype))
     return logprobs_B_T, entropy_B_T, mask_B_T
+
+
+def _shared_prompt_hidden(
+    causal_lm: torch.nn.Module,
+    prompt: tuple[int, ...],
+    completions: list[tuple[int, ...]],
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """For each completion, the (length, H) hidden states that predict its tokens."""
+    decoder = causal_lm.get_decoder()
+    prompt_1_P = torch.tensor([prompt], dtype=torch.long, device=device)
+    out = decoder(input_ids=prompt_1_P, use_cache=True)
+    last_prompt_hidden_1_H = out.last_hidden_state[:, -1]  # predicts each completion's first token
+    cache = out.past_key_values
+    group = len(completions)
+    width = max(len(c) for c in completions)
+    if width > 1:
+        cache.batch_repeat_interleave(group)
+        ids_G_C = torch.zeros((group, width - 1), dtype=torch.long, device=device)
+        for g, completion in enumerate(completions):
+            ids_G_C[g, : len(completion) - 1] = torch.tensor(completion[:-1], dtype=torch.long)
+        # Right padding: padded positions come after every real token, so causal attention
+        # keeps them out of the real tokens' hidden states; no mask needed.
+        positions_G_C = len(prompt) + torch.arange(width - 1, device=device).expand(group, -1)
+        rest_G_C_H = decoder(
+            input_ids=ids_G_C, position_ids=positions_G_C, past_key_values=cache, use_cache=True
+        ).last_hidden_state
+    hidden = []
+    for g, completion in enumerate(completions):
+        parts = [last_prompt_hidden_1_H]
+        if len(completion) > 1:
+            parts.append(rest_G_C_H[g, : len(completion) - 1])
+        hidden.append(torch.cat(parts, dim=0))
+    return hidden
 
 
 @torch.no_grad()

@@ -96,6 +96,15 @@ def _logits(model, tokenizer, text: str = PROMPT) -> torch.Tensor:
         return model(ids).logits.float()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models gain nothing from threads; competing OpenMP threads can stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     return write_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")
