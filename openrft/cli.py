@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     config.set_defaults(handler=cmd_config)
 
-    data = commands.add_parser("data", help="validate or prepare data sets").add_subparsers(
-        metavar="ACTION"
-    )
+    data_parser = commands.add_parser("data", help="validate or prepare data sets")
+    data_parser.set_defaults(handler=lambda _: data_parser.print_help() or 2)
+    data = data_parser.add_subparsers(metavar="ACTION")
     validate = data.add_parser("validate", help="check a JSONL data set and summarise it")
     validate.add_argument("file")
     validate.add_argument(
@@ -151,7 +151,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     comments = field_comments()
     for section, values in config.items():
         if not isinstance(values, dict):
-            print(f"{section} = {tomli_w.dumps({'v': values})[4:].strip()}")
+            comment = comments.get(section, "")
+            print(f"{section} = {tomli_w.dumps({'v': values})[4:].strip()}  # {comment}")
             continue
         print(f"\n[{section}]")
         for key, value in values.items():

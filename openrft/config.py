@@ -304,6 +304,8 @@ def _apply_bedrock_aliases(raw: dict[str, Any]) -> dict[str, Any]:
             )
         section, key = target.split(".")
         table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, f"must be a table, got {table!r}")
         if key in table and table[key] != value:
             raise ConfigError(
                 f"{BEDROCK_SECTION}.{name}",
@@ -315,7 +317,7 @@ def _apply_bedrock_aliases(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(prefix or "<root>", f"must be a table, got {raw!r}")
+        raise ConfigError(prefix.rstrip(".") or "<root>", f"must be a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -72,7 +73,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype])
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ModelError(f"could not load model from {directory}: {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -115,7 +116,7 @@ def _cached_conversion(key: str, make_gguf) -> Path:
                 dtype=torch.float32,
                 quantization_config=GgufConfig(dequantize=True),
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:
             raise ModelError(f"could not read GGUF file {gguf}: {exc}") from exc
         staging = Path(tmp) / "converted"
         model.save_pretrained(staging)

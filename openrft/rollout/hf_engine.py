@@ -116,7 +116,9 @@ class HFEngine:
     def _hit_stop_string(self, token_ids: list[int], params: SamplingParams) -> bool:
         if not params.stop:
             return False
-        tail = self.tokenizer.decode(token_ids[-16:], skip_special_tokens=True)
+        # Every token decodes to at least one character, so this window holds any stop string.
+        window = max(len(stop) for stop in params.stop) + 8
+        tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
         return any(stop in tail for stop in params.stop)
 
     def _completion(

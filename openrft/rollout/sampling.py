@@ -24,6 +24,7 @@ def sample_next_tokens(
         cumulative_B_V = sorted_B_V.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token when the mass before it already reaches top_p (the top token always stays).
         drop_sorted_B_V = (cumulative_B_V - sorted_B_V.softmax(dim=-1)) >= top_p
+        drop_sorted_B_V[:, 0] = False  # top_p = 0 still keeps the most likely token
         drop_B_V = drop_sorted_B_V.scatter(-1, order_B_V, drop_sorted_B_V)
         logits_B_V = logits_B_V.masked_fill(drop_B_V, float("-inf"))
     probs_B_V = logits_B_V.softmax(dim=-1)

@@ -435,3 +435,13 @@ def test_every_field_has_a_one_line_comment(dotted):
 
 def test_field_comments_has_no_entries_for_unknown_fields():
     assert set(field_comments()) <= set(SECTION_FIELDS + TOP_LEVEL_FIELDS)
+
+
+def test_bedrock_alias_into_a_section_given_a_value_names_the_section():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": 5, "hyperParameters": {"epochCount": 3}})
+    assert info.value.field == "train"
+
+
+def test_a_section_given_a_value_is_named_without_a_trailing_dot():
+    _raises("lora", overrides=["lora=3"])

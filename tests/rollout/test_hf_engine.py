@@ -304,3 +304,17 @@ def test_left_pad(prompts, pad_id, ids, mask):
     assert ids_P_L.tolist() == ids
     assert mask_P_L.tolist() == mask
     assert mask_P_L.sum(dim=1).tolist() == [len(p) for p in prompts]
+
+
+def test_stop_string_longer_than_sixteen_tokens_stops(tiny_model_dir):
+    # The default-initialised tiny model repeats one word under greedy decoding.
+    model, tokenizer = load_model(str(tiny_model_dir))
+    engine = HFEngine(model.eval(), tokenizer)
+    prompt = tokenizer.encode(TEXTS[0])
+    (full,) = engine.generate([prompt], greedy())[0]
+    stop = tokenizer.decode(full.token_ids[:17], skip_special_tokens=True)
+    assert "\ufffd" not in stop and full.finish_reason == "length"
+    (stopped,) = engine.generate([prompt], greedy(stop=(stop,)))[0]
+    assert stopped.text == ""  # cut before the stop string, which starts the completion
+    assert stopped.finish_reason == "stop"
+    assert len(stopped.token_ids) == 17

@@ -139,10 +139,6 @@ def test_sampling_does_not_modify_the_logits():
     assert torch.equal(logits, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="top_p=0 (allowed by config RANGES) drops every token, the top one included",
-)
 def test_top_p_zero_keeps_the_top_token():
     logits = _logits(rows=4)
     tokens = sample_next_tokens(logits, 1.0, top_p=0.0, generator=_gen())
