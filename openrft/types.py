@@ -75,6 +75,7 @@ class Sample:
     reference_answer: Any = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     example_id: str = ""  # the dataset row this completion answers
+    completion_tokens: int = 0  # tokens generated for this completion (0 when unknown)
 
     @property
     def response(self) -> str:

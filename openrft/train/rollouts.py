@@ -41,6 +41,7 @@ def collect_groups(
             reference_answer=example.reference_answer,
             metadata=example.metadata,
             example_id=example.id,
+            completion_tokens=len(c.token_ids),
         )
         for example, group in zip(examples, completions, strict=True)
         for k, c in enumerate(group)

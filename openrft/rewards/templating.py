@@ -1,0 +1,74 @@
+"""OpenAI grader templates: `{{ sample.output_text }}`, `{{ sample.output_json.FIELD }}`,
+`{{ item.FIELD.SUBFIELD }}`. Paths walk dicts by key and lists by index; strings render as
+they are, other JSON values as JSON. A path that does not resolve is a TemplateError."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from openrft.types import Sample
+
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+NAMESPACES = ("sample", "item")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def openai_sample(sample: Sample) -> dict[str, Any]:
+    """The `sample` namespace as OpenAI graders see it."""
+    text = sample.response
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    return {
+        "output_text": text,
+        "output_json": parsed,
+        "output_tools": [],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+    }
+
+
+def template_paths(template: str) -> list[str]:
+    """The placeholders of a template; raises TemplateError for malformed ones (for validation)."""
+    paths = [m.group(1) for m in PLACEHOLDER.finditer(template)]
+    leftover = PLACEHOLDER.sub("", template)
+    if "{{" in leftover or "}}" in leftover:
+        raise TemplateError(f"unbalanced '{{{{' or '}}}}' in template {template!r:.80}")
+    for path in paths:
+        head = path.split(".")[0]
+        if head not in NAMESPACES or not re.fullmatch(r"[\w.\-]+", path):
+            raise TemplateError(f"'{{{{ {path} }}}}': placeholders start with sample. or item.")
+    return paths
+
+
+def resolve(path: str, namespaces: dict[str, Any]) -> Any:
+    head, *rest = path.split(".")
+    value = namespaces[head]
+    for part in rest:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif (
+            isinstance(value, list)
+            and part.lstrip("-").isdigit()
+            and -len(value) <= int(part) < len(value)
+        ):
+            value = value[int(part)]
+        else:
+            raise TemplateError(f"'{{{{ {path} }}}}': no '{part}' in {head}")
+    return value
+
+
+def render(template: str, sample: dict[str, Any], item: dict[str, Any]) -> str:
+    namespaces = {"sample": sample, "item": item}
+
+    def substitute(match: re.Match[str]) -> str:
+        value = resolve(match.group(1), namespaces)
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    template_paths(template)
+    return PLACEHOLDER.sub(substitute, template)
