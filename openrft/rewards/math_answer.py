@@ -8,6 +8,7 @@ comparison with `fractions.Fraction`, so 18 == 18.00 == 36/2 with no float toler
 from __future__ import annotations
 
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Sequence
@@ -149,6 +150,9 @@ def answers_match(answer: str, reference: str) -> bool:
     return _normalize_text(answer) == _normalize_text(reference)
 
 
+SYMBOLIC_MAX_CHARS = 1000  # longer answers are not handed to sympy (it can take minutes)
+
+
 class MathAnswerGrader:
     """Scores 1.0 when the extracted final answer equals the reference answer, else 0.0.
 
@@ -157,7 +161,12 @@ class MathAnswerGrader:
     without a usable reference IS an error (invalid_output): no score would be honest.
     """
 
-    name = "math_answer"
+    def __init__(
+        self, name: str = "math_answer", symbolic: bool = True, symbolic_timeout_s: float = 5.0
+    ):
+        self.name = name
+        self.symbolic = symbolic  # fall back to math-verify's symbolic equivalence (x+1 == 1+x)
+        self.symbolic_timeout_s = symbolic_timeout_s
 
     def grade(self, samples: Sequence[Sample]) -> list[Grade]:
         return [self._grade_one(sample) for sample in samples]
@@ -173,6 +182,16 @@ class MathAnswerGrader:
             return Grade(0.0, components, latency_s=time.perf_counter() - start)
         score = 1.0 if any(answers_match(answer, ref) for ref in references) else 0.0
         components = {self.name: score, "answer_found": 1.0}
+        if score == 0.0 and self.symbolic and len(answer) <= SYMBOLIC_MAX_CHARS:
+            for reference in references:
+                if parse_number(answer) is not None and parse_number(reference) is not None:
+                    continue  # two numbers: the exact comparison above is final
+                matched, timed_out = symbolic_match(answer, reference, self.symbolic_timeout_s)
+                if timed_out:  # visible, but a pathological answer is still not a correct one
+                    components["verify_timeout"] = 1.0
+                if matched:
+                    score = components[self.name] = 1.0
+                    break
         return Grade(score, components, latency_s=time.perf_counter() - start)
 
 
@@ -197,3 +216,27 @@ def _reference_answers(sample: Sample) -> tuple[list[str], str]:
     if not answers:
         return [], f"row {row}: reference_answer {reference!r:.80} holds no answer"
     return answers, ""
+
+
+def symbolic_match(answer: str, reference: str, timeout_s: float) -> tuple[bool, bool]:
+    """(equivalent, timed_out) by math-verify (sympy), e.g. \\frac{1}{2} == 0.5, x+1 == 1+x.
+
+    math-verify's own timeout uses SIGALRM, which only works on the main thread, so the check
+    runs in a daemon thread joined with `timeout_s` instead.
+    """
+    outcome: list[bool] = []
+
+    def check() -> None:
+        from math_verify import parse, verify  # sympy is slow to import: only when needed
+
+        try:
+            gold = parse(f"${reference}$", parsing_timeout=None)
+            target = parse(f"${answer}$", parsing_timeout=None)
+            outcome.append(bool(gold and target and verify(gold, target, timeout_seconds=None)))
+        except Exception:  # noqa: BLE001 - unparsable input is simply not equivalent
+            outcome.append(False)
+
+    thread = threading.Thread(target=check, name="math-verify", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return (outcome[0], False) if outcome else (False, True)
