@@ -265,15 +265,35 @@ def cmd_grader_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(config, run_dir: Path, resume: bool, progress: bool) -> int:
-    from openrft.train.loop import train
+EXIT_STOPPED = 75  # the run stopped on request after a checkpoint; resume with --resume
 
-    summary = train(config, run_dir, resume=resume, show_progress=progress)
+
+def _run(config, run_dir: Path, resume: bool, progress: bool) -> int:
+    import signal
+    import threading
+
+    from openrft.train.loop import train
+    from openrft.train.status import write_status
+
+    stop = threading.Event()
+    # SIGTERM (the job server's stop, `kill PID`) finishes the step and checkpoints.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        summary = train(config, run_dir, resume=resume, show_progress=progress, stop=stop)
+    except RFTError as exc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_status(run_dir, "failed", message=f"{type(exc).__name__}: {exc}")
+        raise
     before = "-" if summary.val_before is None else f"{summary.val_before:.3f}"
     after = "-" if summary.val_after is None else f"{summary.val_after:.3f}"
     gain = ""
     if summary.val_before is not None and summary.val_after is not None:
         gain = f" ({summary.val_after - summary.val_before:+.3f})"
+    if summary.status == "stopped":
+        print(
+            f"\nstopped after step {summary.steps}; resume with: openrft train --resume {run_dir}"
+        )
+        return EXIT_STOPPED
     print(f"\nvalidation reward: before {before} -> after {after}{gain}")
     print(f"steps: {summary.steps}   wall time: {summary.wall_s:.0f} s")
     print(f"run: {summary.run_dir}\nreport: {summary.report}")

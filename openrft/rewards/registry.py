@@ -32,7 +32,7 @@ BUILTIN_GRADERS: dict[str, Callable[[], Grader]] = {
 
 # Modules that export GRADER_TYPES: dict[str, GraderFactory].
 GRADER_MODULES: tuple[str, ...] = (
-    "openrft.rewards.builtin_types",  # exact_label, math, python_function, regex, json, length, weighted
+    "openrft.rewards.builtin_types",  # exact_label, math, python_function, regex, json, length...
     "openrft.rewards.openai_graders",  # string_check, text_similarity, multi
     "openrft.rewards.sandboxed",  # python (OpenAI source graders), code (unit tests in a sandbox)
     "openrft.rewards.remote",  # lambda: a Bedrock Lambda-contract HTTP endpoint

@@ -14,6 +14,7 @@ import resource
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -41,6 +42,7 @@ from openrft.train.rollouts import (
     reward_metrics,
     rollout_records,
 )
+from openrft.train.status import write_status
 from openrft.train.update import train_rows, update_policy
 from openrft.types import SamplingParams
 
@@ -53,18 +55,31 @@ class RunSummary:
     wall_s: float
     run_dir: str
     report: str
+    status: str = "completed"  # or "stopped": a stop request ended it after a checkpoint
+
+
+class StopRequest(Protocol):
+    def is_set(self) -> bool: ...
 
 
 def train(
-    config: JobConfig, run_dir: Path, resume: bool = False, show_progress: bool = True
+    config: JobConfig,
+    run_dir: Path,
+    resume: bool = False,
+    show_progress: bool = True,
+    stop: StopRequest | None = None,
 ) -> RunSummary:
+    """Run (or resume) a job. When `stop` is set, the current step finishes, a checkpoint is
+    written, and the run returns with status "stopped" (resume it later)."""
     started = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.toml")
     set_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
 
+    write_status(run_dir, "loading", message=f"loading {config.model.name}")
     policy = build_policy(config)
+    write_status(run_dir, "data_processing", message=f"validating {config.data.train_file}")
     data = load_job_data(config, policy.tokenizer)
     grader = build_grader(config.reward.grader, config.reward.timeout_s)
     engine = HFEngine(policy.model, policy.tokenizer, config.rollout.batch_size)
@@ -89,13 +104,16 @@ def train(
     )
 
     if position.step == 0:
+        write_status(run_dir, "validation", 0, steps, "validating the starting model")
         validation = validate(engine, data, config, grader, step=0)
         metrics_log.write({names.STEP: 0, names.EPOCH: 0.0, **validation})
         position = replace(position, val_before=validation[names.VAL_REWARD_MEAN])
     val_after = position.val_before
 
     progress = Progress(steps, position.step, position.val_before, enabled=show_progress)
+    status = "completed"
     for step in range(position.step + 1, steps + 1):
+        write_status(run_dir, "training", step - 1, steps)
         step_started = time.monotonic()
         torch.manual_seed(config.train.seed * 1_000_003 + step)
         examples = batch_for_step(step, data, config)
@@ -149,21 +167,30 @@ def train(
             val_before=position.val_before,
             wall_s=prior_wall_s + time.monotonic() - started,
         )
-        if step == steps or (config.checkpoint.interval and step % config.checkpoint.interval == 0):
+        stopping = stop is not None and stop.is_set() and step < steps
+        periodic = config.checkpoint.interval and step % config.checkpoint.interval == 0
+        if step == steps or periodic or stopping:
             save_checkpoint(
                 run_dir, position, policy, optimizer, scheduler, config, config.checkpoint.keep_last
             )
         progress.update(step, record)
+        if stopping:
+            status = "stopped"
+            break
 
     progress.close()
     metrics_log.close()
     rollouts_log.close()
-    policy.save(run_dir / "final")
+    if status == "completed":
+        policy.save(run_dir / "final")
     wall_s = prior_wall_s + time.monotonic() - started
-    summary = RunSummary(position.val_before, val_after, steps, round(wall_s, 1), str(run_dir), "")
+    summary = RunSummary(
+        position.val_before, val_after, position.step, round(wall_s, 1), str(run_dir), "", status
+    )
     report = write_report(run_dir, summary.__dict__)
     summary = replace(summary, report=str(report))
     (run_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
+    write_status(run_dir, status, position.step, steps)
     return summary
 
 

@@ -67,3 +67,42 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
         s for s in range(1, 6) for _ in range(2)
     ]
     assert (killed_dir / "final" / "adapter_model.safetensors").exists()
+
+
+def test_sigterm_stops_after_a_checkpoint_and_resumes(tmp_path, tiny_model_dir):
+    config = tiny_job(
+        tmp_path, tiny_model_dir, "train.max_steps=4", "eval.interval=0", "checkpoint.interval=100"
+    )
+    reference_dir = tmp_path / "uninterrupted"
+    train(config, reference_dir, show_progress=False)
+
+    run_dir = tmp_path / "stopped"
+    command = [sys.executable, "-m", "openrft.cli", "train", str(config_file(tmp_path, config)),
+               "--output", str(run_dir), "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "rollouts.jsonl").exists() or not (run_dir / "rollouts.jsonl").read_text():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75, stderr
+    assert "resume with" in stdout
+    status = json.loads((run_dir / "status.json").read_text())
+    stopped_at = status["step"]
+    assert status["stage"] == "stopped" and 1 <= stopped_at < 4
+    assert (
+        run_dir / "checkpoints" / f"step-{stopped_at}"
+    ).exists()  # checkpointed despite interval
+    assert not (run_dir / "final").exists()
+
+    resumed = subprocess.run(
+        [*command[:4], "--resume", str(run_dir), "--no-progress"], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = metrics_by_step(reference_dir), metrics_by_step(run_dir)
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    for step in range(1, 5):
+        assert got[step]["loss/total"] == expected[step]["loss/total"], step
+    assert json.loads((run_dir / "status.json").read_text())["stage"] == "completed"
