@@ -96,12 +96,10 @@ def train(
     elif resume and (run_dir / "final").exists():
         raise CheckpointError(f"{run_dir} finished already and has no checkpoint to resume from")
     prior_wall_s = position.wall_s  # time spent by earlier, interrupted sessions of this run
-    metrics_log = JsonlLog(
-        run_dir / "metrics.jsonl", keep_through_step=position.step if resume else -1
-    )
-    rollouts_log = JsonlLog(
-        run_dir / "rollouts.jsonl", keep_through_step=position.step if resume else -1
-    )
+    # Lines after the checkpoint (or every line, without one) belong to lost work.
+    keep_through = position.step if checkpoints else -1
+    metrics_log = JsonlLog(run_dir / "metrics.jsonl", keep_through_step=keep_through)
+    rollouts_log = JsonlLog(run_dir / "rollouts.jsonl", keep_through_step=keep_through)
 
     if position.step == 0:
         write_status(run_dir, "validation", 0, steps, "validating the starting model")
