@@ -55,7 +55,7 @@ class Policy:
 
 def build_policy(config: JobConfig) -> Policy:
     model, tokenizer = load_model(config.model.name, config.model.dtype)
-    init_from = Path(config.model.init_from) if config.model.init_from else None
+    init_from = resolve_init_from(config.model.init_from)
     if config.lora.enabled:
         if init_from is not None and (init_from / "adapter_config.json").exists():
             model = peft.PeftModel.from_pretrained(model, init_from, is_trainable=True)
@@ -68,6 +68,21 @@ def build_policy(config: JobConfig) -> Policy:
     if config.algo.kl_coef > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     return Policy(model=model, tokenizer=tokenizer, uses_lora=False, frozen_reference=reference)
+
+
+def resolve_init_from(path: str) -> Path | None:
+    """A run's final/ directory, a checkpoint (its model/ holds the weights) or a run directory
+    (its final/, else its latest checkpoint)."""
+    if not path:
+        return None
+    root = Path(path).expanduser()
+    candidates = [root, root / "model", root / "final"]
+    checkpoints = sorted((root / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    candidates += [c / "model" for c in reversed(checkpoints)]
+    for candidate in candidates:
+        if (candidate / "adapter_config.json").exists() or (candidate / "config.json").exists():
+            return candidate
+    raise ModelError(f"model.init_from: no adapter or model weights found in {root}")
 
 
 def lora_config(config: JobConfig) -> peft.LoraConfig:
