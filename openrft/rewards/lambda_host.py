@@ -145,7 +145,7 @@ def invoke_handler(
             result = grade_event(handler, event)
     except BadRequest as exc:
         return _error_response(400, "InvalidRequest", str(exc))
-    except Exception as exc:  # the handler's bug is the caller's answer, not a server crash
+    except (Exception, SystemExit) as exc:  # the handler's bug is the caller's answer
         traceback.print_exc()
         return _error_response(500, type(exc).__name__, str(exc), exc)
     try:
@@ -180,7 +180,7 @@ def _grade_one(handler: Handler, sample: Sample, item_id: Any) -> dict[str, Any]
             value = _resolve(handler.fn(openai_sample(sample), sample.item()))
         else:
             value = _resolve(handler.fn(sample.response, sample.item()))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a thread would drop the request
         error = {"kind": "runtime_error", "message": describe_exception(exc)}
         return {"id": item_id, "aggregate_reward_score": None, "metrics_list": [], "error": error}
     grade = to_grade(value, name, time.perf_counter() - start)
@@ -259,7 +259,7 @@ def _error_response(
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket (port 0 picks a free one); GraderError when it is taken."""
+    """A listening socket (port 0 picks a free one); GraderError when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -268,6 +268,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise GraderError(f"cannot listen on {host}:{port}: {exc}") from exc
+    # Listening now, before uvicorn starts: a client that reads the printed URL and connects
+    # at once waits in the backlog instead of being refused.
+    sock.listen(2048)
     return sock
 
 

@@ -270,7 +270,12 @@ def result_to_grade(entry: Mapping[str, Any], name: str, latency: float) -> Grad
     if error is not None:  # openrft's lambda_host reports a per-sample failure this way
         return _reported_error(entry_id, error, latency)
     try:
-        score = check_score(entry.get("aggregate_reward_score"))
+        if "aggregate_reward_score" not in entry:
+            raise InvalidOutput("has no aggregate_reward_score")
+        try:
+            score = check_score(entry["aggregate_reward_score"])
+        except InvalidOutput as exc:
+            raise InvalidOutput(f"aggregate_reward_score: {exc}") from exc
         components = _components(entry.get("metrics_list"))
     except InvalidOutput as exc:
         message = clip_message(f"result for id {entry_id!r}: {exc}")
