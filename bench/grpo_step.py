@@ -1,0 +1,216 @@
+"""GRPO step time: openrft against TRL's GRPOTrainer at identical settings, in one script.
+
+Settings (both sides): SmolLM2-135M-Instruct (fp32), LoRA r16 / alpha 32 on all linear
+layers, 8 SST-2 prompts x 8 completions of at most 16 new tokens, temperature 1, no KL,
+one optimisation pass per batch, clip 0.2/0.2, token-mean loss, group-std advantages,
+AdamW (0.9, 0.999), constant learning rate 2e-4, grad-norm clip 1.0, seed 0, all cores.
+The reward is the exact SST-2 label after normalisation (openrft's `exact_label`).
+
+Each side runs in its own subprocess, so its peak RSS is its own. Prints, per side: median
+seconds per step over the measured steps (the first step is a warm-up and not counted),
+completion tokens per second, peak RSS and the reward per step; then openrft / TRL ratios.
+
+    .venv/bin/pip install -e '.[bench]'     # TRL is a bench extra, not a dependency
+    .venv/bin/python bench/grpo_step.py [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS, GROUP, MAX_NEW, LR, SEED = 8, 8, 16, 2e-4, 0
+
+
+def run_openrft(steps: int) -> dict:
+    from openrft.config import load_config
+    from openrft.train.loop import train
+
+    config = load_config(
+        None,
+        [
+            'model.name="smollm2-135m-instruct"',
+            'data.train_file="builtin:sst2/train"',
+            'data.validation_file="builtin:sst2/validation"',
+            'reward.grader="exact_label"',
+            "lora.rank=16",
+            "lora.alpha=32",
+            f"rollout.samples_per_prompt={GROUP}",
+            f"rollout.max_new_tokens={MAX_NEW}",
+            f"train.prompts_per_step={PROMPTS}",
+            "train.micro_batch_size=64",
+            f"train.max_steps={steps + 1}",
+            f"train.learning_rate={LR}",
+            "train.adam_beta2=0.999",
+            f"train.seed={SEED}",
+            "algo.clip_high=0.2",
+            "eval.interval=0",
+            "eval.max_prompts=1",
+            "checkpoint.interval=0",
+        ],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        train(config, Path(tmp) / "run", show_progress=False)
+        lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines][1:]  # step 0 is the validation line
+    return {
+        "step_s": [r["time/step_s"] for r in records],
+        "completion_tokens": [r["completion/length_mean"] * PROMPTS * GROUP for r in records],
+        "reward": [r["reward/mean"] for r in records],
+    }
+
+
+def run_trl(steps: int) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from openrft.data import load_examples, resolve_data_path
+    from openrft.models.load import resolve_model_dir
+    from openrft.rewards.exact_label import normalize_label
+
+    rows = load_examples(resolve_data_path("builtin:sst2/train"))
+    dataset = Dataset.from_list(
+        [{"prompt": [dict(m) for m in r.messages], "label": r.reference_answer} for r in rows]
+    )
+
+    def exact_label(completions, label, **_):
+        return [
+            float(normalize_label(c[0]["content"]) == normalize_label(y))
+            for c, y in zip(completions, label, strict=True)
+        ]
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.step_s, self.started = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_s.append(time.perf_counter() - self.started)
+
+    class Logger(TrainerCallback):
+        def __init__(self):
+            self.logs: list[dict] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "reward" in logs:
+                self.logs.append(dict(logs))
+
+    timer, logger = Timer(), Logger()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = GRPOConfig(
+            output_dir=tmp,
+            use_cpu=True,
+            bf16=False,
+            seed=SEED,
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            per_device_train_batch_size=PROMPTS * GROUP,
+            num_generations=GROUP,
+            max_completion_length=MAX_NEW,
+            temperature=1.0,
+            beta=0.0,
+            num_iterations=1,
+            epsilon=0.2,
+            loss_type="dapo",
+            scale_rewards="group",
+            max_steps=steps + 1,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_dropout=True,
+        )
+        trainer = GRPOTrainer(
+            model=str(resolve_model_dir("smollm2-135m-instruct")),
+            reward_funcs=exact_label,
+            args=args,
+            train_dataset=dataset,
+            peft_config=LoraConfig(
+                r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"
+            ),
+            callbacks=[timer, logger],
+        )
+        trainer.train()
+    return {
+        "step_s": timer.step_s,
+        "completion_tokens": [
+            log["completions/mean_length"] * PROMPTS * GROUP for log in logger.logs
+        ],
+        "reward": [log["reward"] for log in logger.logs],
+    }
+
+
+def side(name: str, steps: int, out: Path) -> None:
+    result = (run_openrft if name == "openrft" else run_trl)(steps)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    out.write_text(json.dumps(result))
+
+
+def summarize(result: dict) -> dict:
+    measured = result["step_s"][1:]  # the first step warms up caches and kernels
+    tokens = result["completion_tokens"][1:]
+    return {
+        "median_step_s": statistics.median(measured),
+        "tokens_per_s": sum(tokens) / sum(measured),
+        "peak_rss_gb": result["peak_rss_gb"],
+        "reward": result["reward"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="measured steps (after 1 warm-up)")
+    parser.add_argument("--side", choices=["openrft", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        side(args.side, args.steps, args.out)
+        return
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("openrft", "trl"):
+            out = Path(tmp) / f"{name}.json"
+            print(f"running {name} ({args.steps} + 1 steps)...", flush=True)
+            command = [
+                sys.executable,
+                __file__,
+                "--side",
+                name,
+                "--steps",
+                str(args.steps),
+                "--out",
+                str(out),
+            ]
+            subprocess.run(
+                command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            results[name] = summarize(json.loads(out.read_text()))
+    print(f"\n{'':<10}{'s/step':>10}{'tokens/s':>11}{'peak RSS GB':>13}   reward per step")
+    for name, r in results.items():
+        rewards = " ".join(f"{x:.2f}" for x in r["reward"])
+        print(
+            f"{name:<10}{r['median_step_s']:>10.2f}{r['tokens_per_s']:>11.1f}"
+            f"{r['peak_rss_gb']:>13.2f}   {rewards}"
+        )
+    ours, theirs = results["openrft"], results["trl"]
+    print(
+        f"\nopenrft vs TRL: {theirs['median_step_s'] / ours['median_step_s']:.1f}x faster per step,"
+        " "
+        f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.1f}x the completion tokens/s, "
+        f"{ours['peak_rss_gb'] / theirs['peak_rss_gb']:.2f}x the peak RSS; mean reward "
+        f"{statistics.fmean(ours['reward']):.3f} vs {statistics.fmean(theirs['reward']):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
