@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from openrft import eval_cli, jobs_cli, sft_cli
 from openrft.errors import RFTError
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -128,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--validation-size", type=int, help="rows held out for validation")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.set_defaults(handler=cmd_data_prepare)
+    serve = commands.add_parser("serve", help="OpenAI-compatible chat server for a model")
+    serve.add_argument("--model", required=True, help="alias, model directory or .gguf")
+    serve.add_argument("--adapter", help="a run's final/ (LoRA adapter), merged at load")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8001)
+    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    serve.set_defaults(handler=cmd_serve)
+
+    eval_cli.add_commands(commands)
+    jobs_cli.add_commands(commands)
+    sft_cli.add_commands(commands)
     return parser
 
 
@@ -255,6 +267,13 @@ def cmd_grader_new(args: argparse.Namespace) -> int:
     for path in write_template(args.kind, args.directory):
         print(f"wrote {path}")
     print(f"next: cd {args.directory} && python -m pytest")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from openrft.serve import serve
+
+    serve(args.model, adapter=args.adapter, host=args.host, port=args.port, dtype=args.dtype)
     return 0
 
 

@@ -1,0 +1,8 @@
+"""Serving: an OpenAI-compatible chat endpoint over a model openrft loads (see `app`).
+
+Sits on top of the pipeline: it imports models/rollout/data, and nothing imports it.
+"""
+
+from openrft.serve.app import build_app, create_app, load_chat_model, serve
+
+__all__ = ["build_app", "create_app", "load_chat_model", "serve"]
