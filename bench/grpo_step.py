@@ -144,9 +144,9 @@ def run_trl(steps: int) -> dict:
     return {
         "step_s": timer.step_s,
         "completion_tokens": [
-            log["completions/mean_length"] * PROMPTS * GROUP for log in logger.logs
+            float(log["completions/mean_length"]) * PROMPTS * GROUP for log in logger.logs
         ],
-        "reward": [log["reward"] for log in logger.logs],
+        "reward": [float(log["reward"]) for log in logger.logs],
     }
 
 
