@@ -112,6 +112,7 @@ class EvalConfig:
     samples_per_prompt: int = 1  # completions per validation prompt
     temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
+    success_threshold: float = 1.0  # a completion scoring at least this passes (for pass@k)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "eval.samples_per_prompt": (1, 1024),
     "eval.temperature": (0.0, 10.0),
     "eval.max_new_tokens": (0, 1_000_000),
+    "eval.success_threshold": (-1e6, 1e6),
     "checkpoint.interval": (0, 1_000_000),
     "checkpoint.keep_last": (1, 1000),
 }

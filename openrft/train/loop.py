@@ -20,6 +20,7 @@ import torch
 
 from openrft.config import JobConfig, dump_config
 from openrft.errors import CheckpointError
+from openrft.evaluation.evaluate import evaluate
 from openrft.metrics import names
 from openrft.metrics.report import write_report
 from openrft.metrics.writer import JsonlLog
@@ -195,7 +196,8 @@ def train(
 def validate(
     engine: HFEngine, data: JobData, config: JobConfig, grader, step: int
 ) -> dict[str, float]:
-    """Validation reward on the held-out prompts (greedy unless eval.temperature > 0)."""
+    """Validation on the held-out prompts with the same code as `openrft eval` (greedy unless
+    eval.temperature > 0): val/reward/*, val/completion/*, val/pass@k/*."""
     params = SamplingParams(
         n=config.eval.samples_per_prompt,
         temperature=config.eval.temperature,
@@ -206,10 +208,10 @@ def validate(
         seed=config.train.seed + 7_919 * (step + 1),
     )
     prompt_ids = [data.prompt_ids[e.id] for e in data.validation]
-    groups, _ = collect_groups(engine, data.validation, prompt_ids, params, grader)
-    metrics = reward_metrics(groups, prefix="val/reward")
-    metrics.update({f"val/{k}": v for k, v in completion_metrics(groups).items()})
-    return metrics
+    result = evaluate(
+        engine, data.validation, prompt_ids, params, grader, config.eval.success_threshold
+    )
+    return result.log_metrics("val")
 
 
 def sampling_params(config: JobConfig, seed: int) -> SamplingParams:
