@@ -1,0 +1,82 @@
+"""The job service's FastAPI app: native (`/api`), Bedrock-compatible
+(`/model-customization-jobs`) and OpenAI-compatible (`/v1`) routers behind one bearer token,
+`GET /health` without it, and the dashboard at `/` when `openrft.dashboard` is installed.
+
+    app = create_app(Path("~/.openrft").expanduser(), concurrency=1)
+
+The scheduler starts with the app (lifespan) and, when the app stops, SIGTERMs the workers so
+they checkpoint; their jobs resume on the next start (openrft.jobs.runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+
+from openrft.api import bedrock, native, openai_compat
+from openrft.api.auth import ensure_token, require_token
+from openrft.api.errors import install_error_handlers
+from openrft.jobs.service import DataDir, JobService
+
+log = logging.getLogger("openrft.api")
+
+
+def create_app(
+    data_dir: Path,
+    concurrency: int = 1,
+    start_runner: bool = True,
+    poll_s: float = 0.5,
+) -> FastAPI:
+    """The app over DATA_DIR (created if need be). With `start_runner=False` jobs are stored
+    and answered for but never started (for tools and tests of the API alone)."""
+    layout = DataDir(Path(data_dir).expanduser().resolve())
+    service = JobService(layout, concurrency, poll_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if start_runner:
+            service.start()
+        try:
+            yield
+        finally:
+            if start_runner:
+                await asyncio.to_thread(service.close)
+
+    app = FastAPI(
+        title="openrft job service",
+        description="Reinforcement fine-tuning jobs: native, Bedrock- and OpenAI-compatible.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.token = ensure_token(layout.token)
+    install_error_handlers(app)
+
+    @app.get("/health", tags=["native"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    auth = [Depends(require_token)]
+    for module in (native, bedrock, openai_compat):
+        app.include_router(module.router, dependencies=auth)
+    mount_dashboard(app)
+    return app
+
+
+def mount_dashboard(app: FastAPI) -> bool:
+    """Mount the web dashboard at `/` with `openrft.dashboard.mount(app)`, if it exists."""
+    try:
+        dashboard = importlib.import_module("openrft.dashboard")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("openrft.dashboard", "openrft"):
+            raise
+        log.info("openrft.dashboard is not installed; serving the APIs without the dashboard")
+        return False
+    dashboard.mount(app)
+    return True

@@ -1,0 +1,134 @@
+"""`openrft server` (the job service) and `openrft jobs ...` (its command-line client).
+
+openrft server [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--concurrency N]
+openrft jobs create CONFIG [--name NAME] [--set section.key=value ...]
+openrft jobs list [--status STATUS] | get ID | stop ID | resume ID | delete ID
+openrft jobs logs ID [--follow] | metrics ID [--follow]
+
+The client finds the server from --server/--token, else OPENRFT_SERVER/OPENRFT_TOKEN, else
+the data directory (OPENRFT_HOME or ~/.openrft: server.json and token). `jobs create`
+uploads the local files a config names (data.train_file, data.validation_file, a reward.grader
+file) and points the config at the uploads, so the server need not share this filesystem.
+Heavy imports (uvicorn, httpx, rich) happen inside the handlers: `openrft train` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_commands(commands: Any) -> None:
+    """Register `server` and `jobs` on the `openrft` sub-command parser."""
+    server = commands.add_parser("server", help="run the job service: APIs, queue and dashboard")
+    server.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    server.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    server.add_argument("--data-dir", help="jobs, files and the token (default ~/.openrft)")
+    server.add_argument("--concurrency", type=int, default=1, help="jobs running at once")
+    server.set_defaults(handler=cmd_server)
+
+    jobs_parser = commands.add_parser("jobs", help="submit, watch and control server jobs")
+    jobs_parser.set_defaults(handler=lambda _: jobs_parser.print_help() or 2)
+    actions = jobs_parser.add_subparsers(metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", help="server URL (default: OPENRFT_SERVER or server.json)")
+    common.add_argument("--token", help="bearer token (default: OPENRFT_TOKEN or DATA_DIR/token)")
+
+    create = actions.add_parser("create", parents=[common], help="submit a job from a config")
+    create.add_argument("config", help="job config (TOML)")
+    create.add_argument("--name", help="job name (default: the config's name)")
+    create.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    create.set_defaults(handler=cmd_create)
+    listing = actions.add_parser("list", parents=[common], help="list jobs, newest first")
+    listing.add_argument("--status", help="only jobs with this status (e.g. InProgress)")
+    listing.set_defaults(handler=cmd_list)
+    for name, handler, text in (
+        ("get", cmd_get, "show a job"),
+        ("stop", cmd_stop, "stop a job (it checkpoints first)"),
+        ("resume", cmd_resume, "resume a stopped or failed job"),
+        ("delete", cmd_delete, "delete an ended job and its run directory"),
+    ):
+        action = actions.add_parser(name, parents=[common], help=text)
+        action.add_argument("id")
+        action.set_defaults(handler=handler)
+    for name, handler, text in (
+        ("logs", cmd_logs, "print a job's events and worker.log"),
+        ("metrics", cmd_metrics, "print a job's metrics, one line per step"),
+    ):
+        action = actions.add_parser(name, parents=[common], help=text)
+        action.add_argument("id")
+        action.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+        action.set_defaults(handler=handler)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from openrft.api import serve
+
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    serve(args.host, args.port, data_dir, args.concurrency)
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from openrft.jobs.client import connect, upload_local_files
+
+    client = connect(args.server, args.token)
+    raw = client.read_config(Path(args.config), args.set)
+    for field, local, file_id in upload_local_files(client, raw, Path(args.config).parent):
+        print(f"uploaded {local} as {file_id} ({field})")
+    job = client.call("POST", "/api/jobs", json={"config": raw, "name": args.name})
+    print(f"created {job['id']} ({job['name']}): {job['status']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from openrft.jobs.client import connect, print_jobs
+
+    client = connect(args.server, args.token)
+    params = {"status": args.status} if args.status else {}
+    print_jobs(client.call("GET", "/api/jobs", params=params)["data"])
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from openrft.jobs.client import connect, print_job
+
+    print_job(connect(args.server, args.token).call("GET", f"/api/jobs/{args.id}"))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _act(args, "stop")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _act(args, "resume")
+
+
+def _act(args: argparse.Namespace, action: str) -> int:
+    from openrft.jobs.client import connect
+
+    job = connect(args.server, args.token).call("POST", f"/api/jobs/{args.id}/{action}")
+    print(f"{job['id']}: {job['status']}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from openrft.jobs.client import connect
+
+    connect(args.server, args.token).call("DELETE", f"/api/jobs/{args.id}")
+    print(f"deleted {args.id}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from openrft.jobs.client import connect, follow_logs
+
+    return follow_logs(connect(args.server, args.token), args.id, args.follow)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from openrft.jobs.client import connect, print_metrics
+
+    return print_metrics(connect(args.server, args.token), args.id, args.follow)
