@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    serve.add_argument(
+        "--log-invocations", metavar="FILE.jsonl", help="append every request and reply here"
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=16, help="concurrent prompts decoded together at most"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     eval_cli.add_commands(commands)
@@ -273,7 +279,17 @@ def cmd_grader_new(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from openrft.serve import serve
 
-    serve(args.model, adapter=args.adapter, host=args.host, port=args.port, dtype=args.dtype)
+    if args.max_batch < 1:
+        raise RFTError(f"--max-batch must be at least 1, got {args.max_batch}")
+    serve(
+        args.model,
+        adapter=args.adapter,
+        host=args.host,
+        port=args.port,
+        dtype=args.dtype,
+        log_path=args.log_invocations,
+        max_batch=args.max_batch,
+    )
     return 0
 
 

@@ -2,20 +2,21 @@
 GGUF), optionally with a PEFT adapter such as a training checkpoint.
 
 Endpoints: GET /v1/models, POST /v1/chat/completions (n, temperature, top_p, max_tokens or
-max_completion_tokens, stop, seed, stream). Generation runs one request at a time (an asyncio
-lock) in a worker thread, so the event loop keeps answering. Run it with `serve(...)`, or mount
-`create_app(...)` in any ASGI server. Bad requests get 400 with an OpenAI-style error object.
+max_completion_tokens, stop, seed, stream, metadata). Generation runs in a worker thread, one
+batch at a time, so the event loop keeps answering; concurrent requests that sample alike are
+batched together (openrft.serve.batching). With `log_path`, every request is logged as a JSON
+line (openrft.serve.invocations). Run it with `serve(...)`, or mount `create_app(...)` in any
+ASGI server. Bad requests get 400 with an OpenAI-style error object.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,11 +32,14 @@ from openrft.data.render import encode_prompt
 from openrft.errors import ModelError
 from openrft.models.load import load_model
 from openrft.rollout.hf_engine import HFEngine
+from openrft.serve.batching import Batcher, BatchResult
+from openrft.serve.invocations import InvocationLog
 from openrft.types import Completion, Message, SamplingParams
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_N = 16  # completions per request
 MAX_STOP = 4  # stop strings per request (OpenAI's limit)
+MAX_METADATA = 16  # metadata pairs per request (OpenAI's limit)
 DEFAULT_MAX_TOKENS = 256  # when the request sets no cap
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call")  # refused, not ignored
 
@@ -59,6 +63,8 @@ class ChatRequest:
     max_tokens_given: bool  # False: the default cap, shrunk to fit the context if need be
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+    seeded: bool = False  # the client set a seed: the request runs in a batch of its own
+    metadata: Mapping[str, str] = field(default_factory=dict)  # tags for the invocation log
 
 
 def parse_request(body: Any) -> ChatRequest:
@@ -88,7 +94,32 @@ def parse_request(body: Any) -> ChatRequest:
     if not isinstance(stream, bool) or not isinstance(options, Mapping):
         raise RequestError("'stream' must be true or false, 'stream_options' an object", "stream")
     given = body.get(cap) is not None
-    return ChatRequest(messages, params, given, stream, bool(options.get("include_usage")))
+    return ChatRequest(
+        messages,
+        params,
+        given,
+        stream,
+        bool(options.get("include_usage")),
+        seeded=seed is not None,
+        metadata=_metadata(body),
+    )
+
+
+def _metadata(body: Mapping[str, Any]) -> dict[str, str]:
+    """`metadata` (OpenAI) or `requestMetadata` (Bedrock): at most 16 string pairs."""
+    key = "requestMetadata" if body.get("requestMetadata") is not None else "metadata"
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or len(value) > MAX_METADATA:
+        raise RequestError(f"'{key}' must be an object of at most {MAX_METADATA} pairs", key)
+    for name, text in value.items():
+        if not isinstance(text, str) or len(name) > 64 or len(text) > 512:
+            raise RequestError(
+                f"'{key}.{name}' must be a string of at most 512 characters (keys at most 64)",
+                key,
+            )
+    return dict(value)
 
 
 def _messages(value: Any) -> tuple[Message, ...]:
@@ -176,6 +207,11 @@ class ChatModel:
     def generate(self, prompt: list[int], params: SamplingParams) -> list[Completion]:
         return self.engine.generate([prompt], params)[0]
 
+    def generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        return self.engine.generate(prompts, params)
+
 
 def load_chat_model(
     model_name: str, adapter: str | None = None, dtype: str = "float32", device: str = "auto"
@@ -196,16 +232,26 @@ def load_chat_model(
 
 
 def create_app(
-    model_name: str, adapter: str | None = None, dtype: str = "float32", device: str = "auto"
+    model_name: str,
+    adapter: str | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    log_path: str | None = None,
+    max_batch: int = MAX_N,
 ) -> FastAPI:
-    """The server for `model_name` (+ `adapter`); the model loads now, not on first request."""
-    return build_app(load_chat_model(model_name, adapter, dtype, device))
+    """The server for `model_name` (+ `adapter`); the model loads now, not on first request.
+    `log_path`: append every request to this JSONL invocation log. `max_batch`: prompts that
+    may be decoded together."""
+    chat = load_chat_model(model_name, adapter, dtype, device)
+    return build_app(chat, InvocationLog(log_path) if log_path else None, max_batch)
 
 
-def build_app(chat: ChatModel) -> FastAPI:
+def build_app(chat: ChatModel, log: InvocationLog | None = None, max_batch: int = MAX_N) -> FastAPI:
     """The FastAPI app over an already loaded model."""
     app = FastAPI(title="openrft serve", docs_url=None, redoc_url=None)
-    lock = asyncio.Lock()  # one generation at a time: the model and engine are not shared-safe
+    # One batch at a time: the model and engine are not shared-safe.
+    batcher = Batcher(chat.generate_batch, max_batch)
+    app.state.batcher = batcher
     created = int(time.time())
 
     @app.exception_handler(RequestError)
@@ -222,29 +268,67 @@ def build_app(chat: ChatModel) -> FastAPI:
         return {"object": "list", "data": [entry]}
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "batches_run": batcher.batches_run}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        started = time.monotonic()
+        body: Any = None
         try:
-            body = json.loads(await request.body())
-        except ValueError as exc:
-            raise RequestError(f"the request body is not JSON: {exc}") from exc
-        parsed = parse_request(body)
-        prompt, params = chat.prepare(parsed)
-        async with lock:
             try:
-                completions = await asyncio.to_thread(chat.generate, prompt, params)
+                body = json.loads(await request.body())
+            except ValueError as exc:
+                raise RequestError(f"the request body is not JSON: {exc}") from exc
+            parsed = parse_request(body)
+            prompt, params = chat.prepare(parsed)
+            try:
+                result = await batcher.submit(prompt, params, parsed.seeded)
             except Exception as exc:  # a generation failure is the server's, not the client's
                 raise RequestError(f"generation failed: {exc!r}", status=500) from exc
-        reply = _completion_body(chat.model_id, len(prompt), completions)
+        except RequestError as exc:
+            if log is not None:
+                error = {"status": exc.status, "message": exc.message}
+                timing = {"total_s": time.monotonic() - started}
+                meta = _logged_metadata(body)
+                record_id = f"chatcmpl-{uuid.uuid4().hex}"
+                log.write(record_id, chat.model_id, body, meta, None, error, timing, None)
+            raise
+        reply = _completion_body(chat.model_id, len(prompt), result.completions)
+        if log is not None:
+            _log_reply(log, chat.model_id, body, parsed, reply, result, started)
         if not parsed.stream:
             return JSONResponse(reply)
         chunks = _chunks(reply, parsed.include_usage)
         return StreamingResponse(chunks, media_type="text/event-stream")
 
     return app
+
+
+def _log_reply(
+    log: InvocationLog,
+    model_id: str,
+    body: Any,
+    parsed: ChatRequest,
+    reply: dict[str, Any],
+    result: BatchResult,
+    started: float,
+) -> None:
+    timing = {
+        "queue_s": result.queue_s,
+        "generate_s": result.generate_s,
+        "total_s": time.monotonic() - started,
+    }
+    batch = {"id": result.batch_id, "size": result.batch_size}
+    log.write(reply["id"], model_id, body, dict(parsed.metadata), reply, None, timing, batch)
+
+
+def _logged_metadata(body: Any) -> dict[str, str]:
+    """The metadata of a request that failed: what of it is valid, for filtering the logs."""
+    try:
+        return _metadata(body) if isinstance(body, Mapping) else {}
+    except RequestError:
+        return {}
 
 
 def _error(status: int, message: str, param: str | None, code: str | None) -> JSONResponse:
@@ -305,8 +389,12 @@ def serve(
     port: int = 8001,
     dtype: str = "float32",
     device: str = "auto",
+    log_path: str | None = None,
+    max_batch: int = MAX_N,
 ) -> None:
     """Loads the model and serves it until interrupted (Ctrl-C)."""
-    app = create_app(model, adapter, dtype, device)
+    app = create_app(model, adapter, dtype, device, log_path, max_batch)
     print(f"openrft: serving {model} at http://{host}:{port}/v1", flush=True)
+    if log_path:
+        print(f"openrft: logging invocations to {log_path}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
