@@ -129,6 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--validation-size", type=int, help="rows held out for validation")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.set_defaults(handler=cmd_data_prepare)
+    from_logs = data.add_parser(
+        "from-logs", help="an RFT data set from invocation logs, filtered on request metadata"
+    )
+    from_logs.add_argument("logs", nargs="+", help="JSONL invocation logs (openrft or Bedrock)")
+    from_logs.add_argument("--out", required=True, help="the JSONL data set to write")
+    for flag, text in (
+        ("--where", "keep calls whose metadata has KEY=VALUE (every --where must hold)"),
+        ("--where-not", "drop calls whose metadata has KEY=VALUE"),
+        ("--any", "keep calls with at least one of these KEY=VALUE pairs"),
+    ):
+        from_logs.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help=text)
+    from_logs.add_argument(
+        "--filter", help="a Bedrock requestMetadataFilters object: JSON text or a .json file"
+    )
+    from_logs.add_argument(
+        "--use-responses", action="store_true", help="the logged reply becomes reference_answer"
+    )
+    from_logs.set_defaults(handler=cmd_data_from_logs)
     serve = commands.add_parser("serve", help="OpenAI-compatible chat server for a model")
     serve.add_argument("--model", required=True, help="alias, model directory or .gguf")
     serve.add_argument("--adapter", help="a run's final/ (LoRA adapter), merged at load")
@@ -230,6 +248,26 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     train, validation = prepare_dataset(args.name, args.out, args.validation_size, args.seed)
     print(f"wrote {train} and {validation}")
+    return 0
+
+
+def cmd_data_from_logs(args: argparse.Namespace) -> int:
+    import json
+
+    from openrft.data.from_logs import FilterError, filter_from_flags, rows_from_logs, write_rows
+
+    spec = filter_from_flags(args.where, args.where_not, args.any)
+    if args.filter:
+        text = Path(args.filter).read_text() if args.filter.endswith(".json") else args.filter
+        try:
+            given = json.loads(text)
+        except ValueError as exc:
+            raise FilterError(f"--filter is not JSON: {exc}") from exc
+        spec = given if spec is None else {"andAll": [spec, given]}
+    rows, report = rows_from_logs(args.logs, spec, args.use_responses)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {write_rows(rows, args.out)}")
     return 0
 
 
