@@ -211,22 +211,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    import json
+
     import tomli_w
 
     from openrft.config import config_to_dict, field_comments, load_config
 
     config = config_to_dict(load_config(args.config, args.set))
     comments = field_comments()
+
+    def inline(value: object) -> str:
+        """One line of TOML for a value; tables inline (an inline reward.grader table)."""
+        if isinstance(value, dict):
+            pairs = (f"{json.dumps(str(k))} = {inline(v)}" for k, v in value.items())
+            return "{ " + ", ".join(pairs) + " }"
+        if isinstance(value, list):
+            return "[" + ", ".join(inline(v) for v in value) + "]"
+        return tomli_w.dumps({"v": value})[4:].strip()
+
     for section, values in config.items():
         if not isinstance(values, dict):
-            comment = comments.get(section, "")
-            print(f"{section} = {tomli_w.dumps({'v': values})[4:].strip()}  # {comment}")
+            print(f"{section} = {inline(values)}  # {comments.get(section, '')}")
             continue
         print(f"\n[{section}]")
         for key, value in values.items():
-            rendered = tomli_w.dumps({"v": value})[4:].strip()
             comment = comments.get(f"{section}.{key}", "")
-            print(f"{key} = {rendered}" + (f"  # {comment}" if comment else ""))
+            print(f"{key} = {inline(value)}" + (f"  # {comment}" if comment else ""))
     return 0
 
 

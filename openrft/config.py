@@ -9,6 +9,7 @@ The resolved config is written next to every run and into every checkpoint (`dum
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -67,7 +68,7 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    grader: str = "exact_label"  # "exact_label", "math_answer", "path/file.py:fn" or "module:fn"
+    grader: str | dict[str, Any] = "exact_label"  # built-in, x.py:fn, mod:fn, grader file, table
     error_score: float | None = None  # score given a failed grading; unset = leave it out
     timeout_s: float = 60.0  # wall-clock limit for grading one sample
 
@@ -241,6 +242,9 @@ def validate(config: JobConfig) -> None:
             raise ConfigError(name, f"{value} is out of range; allowed {low} to {high}")
     if not config.data.train_file:
         raise ConfigError("data.train_file", "is required")
+    grader = config.reward.grader
+    if isinstance(grader, dict) and not isinstance(grader.get("type"), str):
+        raise ConfigError("reward.grader.type", "an inline grader table needs a type string")
     if config.reward.error_score is not None and not math.isfinite(config.reward.error_score):
         raise ConfigError("reward.error_score", "must be a finite number")
     if not config.lora.target_modules:
@@ -349,7 +353,14 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         return value
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
+        tables = [a for a in options if typing.get_origin(a) is dict]
+        if tables and isinstance(value, dict):
+            return _coerce(name, tables[0], value)
         return _coerce(name, options[0], value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"must be a table, got {value!r}")
+        return copy.deepcopy(value)
     if origin is tuple:
         if isinstance(value, str):
             value = [value]

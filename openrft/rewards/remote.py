@@ -167,7 +167,7 @@ class LambdaGrader:
         if unmatched:
             self.unmatched_results += len(unmatched)
             log.warning(
-                "grader %r: ignored %d result(s) matching no sample of a batch of %d: %s",
+                "grader %r: %d result(s) matching no sample of a batch of %d failed the batch: %s",
                 self.name, len(unmatched), batch_size, clip_message(", ".join(unmatched), 200),
             )  # fmt: skip
 
@@ -248,6 +248,14 @@ def match_results(
     hint = f"; the response had {len(results)} entries" + (
         f", unmatched ids: {', '.join(unmatched)}" if unmatched else ""
     )
+    if unmatched:
+        # Results for ids that were not sent: the endpoint mixed up its answers (another batch,
+        # rewritten ids), so none of this response's scores can be trusted.
+        message = clip_message(
+            f"the response holds result(s) for id(s) not sent in this batch: "
+            f"{', '.join(unmatched)}; no score of this response is used"
+        )
+        return [Grade.failed("invalid_output", message, latency) for _ in batch], unmatched
     grades: list[Grade] = []
     for sample in batch:
         entries = found.get(sample.id, [])

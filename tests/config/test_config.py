@@ -445,3 +445,29 @@ def test_bedrock_alias_into_a_section_given_a_value_names_the_section():
 
 def test_a_section_given_a_value_is_named_without_a_trailing_dot():
     _raises("lora", overrides=["lora=3"])
+
+
+def test_an_inline_grader_table_is_a_grader_spec(tmp_path):
+    from openrft.rewards import build_grader
+    from tests.rewards._samples import make_sample
+
+    path = tmp_path / "job.toml"
+    path.write_text(
+        '[data]\ntrain_file = "train.jsonl"\n'
+        '[reward.grader]\ntype = "string_check"\nname = "label"\noperation = "eq"\n'
+        'input = "{{ sample.output_text }}"\nreference = "{{ item.reference_answer }}"\n'
+    )
+    config = load_config(path)
+    assert config.reward.grader["type"] == "string_check"
+    dump_config(config, tmp_path / "resolved.toml")  # the saved config keeps the table
+    assert load_config(tmp_path / "resolved.toml") == config
+    grader = build_grader(config.reward.grader)
+    grades = grader.grade([make_sample("yes", reference="yes"), make_sample("no", reference="yes")])
+    assert [g.score for g in grades] == [1.0, 0.0]
+
+
+def test_an_inline_grader_table_needs_a_type():
+    with pytest.raises(ConfigError, match=r"reward\.grader\.type"):
+        config_from_dict({"data": {"train_file": "x"}, "reward": {"grader": {"name": "x"}}})
+    with pytest.raises(ConfigError, match=r"reward\.grader"):
+        config_from_dict({"data": {"train_file": "x"}, "reward": {"grader": 3}})

@@ -238,3 +238,97 @@ def test_an_infinite_timeout_waits(tmp_path: Path) -> None:
     path = write_reward(tmp_path, "def reward(response, item):\n    return 1.0\n")
     grader = PythonFunctionGrader(f"{path}:reward", timeout_s=float("inf"))
     assert grader.grade([make_sample("x")])[0].score == 1.0
+
+
+# --- call forms: OpenAI's grade(sample, item) and the batch forms ------------------------------
+
+
+def test_openai_grade_form_gets_the_openai_sample(tmp_path: Path) -> None:
+    path = write_reward(
+        tmp_path,
+        """
+        def grade(sample, item):
+            answer = (sample["output_json"] or {}).get("answer")
+            text_ok = sample["choices"][0]["message"]["content"] == sample["output_text"]
+            return float(answer == item["reference_answer"] and text_ok)
+        """,
+    )
+    grader = PythonFunctionGrader(f"{path}:grade")
+    assert (grader.form, grader.batched) == ("openai", False)
+    grades = grader.grade(
+        [
+            make_sample('{"answer": "42"}', reference="42"),
+            make_sample('{"answer": "41"}', reference="42", index=1),
+            make_sample("not json", reference="42", index=2),
+        ]
+    )
+    assert [g.score for g in grades] == [1.0, 0.0, 0.0]
+
+
+def test_batch_form_is_called_once_per_batch(tmp_path: Path) -> None:
+    path = write_reward(
+        tmp_path,
+        """
+        CALLS = []
+
+        def reward(responses, items):
+            CALLS.append(len(responses))
+            best = max(len(r) for r in responses)
+            return [{"longest": float(len(r) == best), "matches": float(r == i["reference_answer"])}
+                    for r, i in zip(responses, items)]
+
+        def grade(samples, items):
+            pairs = zip(samples, items)
+            return [float(s["output_text"] == i["reference_answer"]) for s, i in pairs]
+        """,
+    )
+    grader = PythonFunctionGrader(f"{path}:reward")
+    assert (grader.form, grader.batched) == ("response", True)
+    samples = [
+        make_sample(text, reference="yes", index=i) for i, text in enumerate(["yes", "nope"])
+    ]
+    grades = grader.grade(samples)
+    assert [g.score for g in grades] == [1.0, 1.0]
+    assert [g.components for g in grades] == [
+        {"longest": 0.0, "matches": 1.0},
+        {"longest": 1.0, "matches": 0.0},
+    ]
+    assert grader.fn.__globals__["CALLS"] == [2]
+    openai_batch = PythonFunctionGrader(f"{path}:grade")
+    assert (openai_batch.form, openai_batch.batched) == ("openai", True)
+    assert [g.score for g in openai_batch.grade(samples)] == [1.0, 0.0]
+    assert openai_batch.grade([]) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "fragment"),
+    [
+        ("return [1.0]", "invalid_output", "a list of 2 results (one per sample), got 1 results"),
+        ("return 1.0", "invalid_output", "got 1.0"),
+        ("return [1.0, float('nan')]", None, ""),
+        ("raise RuntimeError('judge down')", "runtime_error", "RuntimeError: judge down"),
+    ],
+)
+def test_a_bad_batch_result_fails_the_batch(tmp_path: Path, body, kind, fragment) -> None:
+    path = write_reward(tmp_path, f"def reward(responses, items):\n    {body}\n")
+    grades = PythonFunctionGrader(f"{path}:reward").grade(
+        [make_sample("a"), make_sample("b", index=1)]
+    )
+    if kind is None:  # a per-sample NaN fails that sample only
+        assert grades[0].score == 1.0 and grades[1].error.kind == "invalid_output"
+        return
+    assert all(g.error is not None and g.error.kind == kind for g in grades)
+    assert fragment in grades[0].error.message
+
+
+def test_a_hanging_batch_times_out_with_the_batch_budget(tmp_path: Path) -> None:
+    path = write_reward(
+        tmp_path, "import time\ndef reward(responses, items):\n    time.sleep(30)\n"
+    )
+    started = time.monotonic()
+    grades = PythonFunctionGrader(f"{path}:reward", timeout_s=0.2).grade(
+        [make_sample("a"), make_sample("b", index=1)]
+    )
+    assert time.monotonic() - started < 10
+    assert [g.error.kind for g in grades] == ["timeout", "timeout"]
+    assert "within 0.4 s for a batch of 2" in grades[0].error.message

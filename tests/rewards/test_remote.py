@@ -253,8 +253,7 @@ def test_wrong_ids_fail_each_sample_and_name_the_unmatched_ids() -> None:
         grader = lambda_grader(url)
         grades = grader.grade(samples(2))
     assert kinds(grades) == ["invalid_output"] * 2
-    assert "no result for id 'ex-1:0'" in grades[0].error.message
-    assert "unmatched ids: 'x0', 'x1'" in grades[0].error.message
+    assert "id(s) not sent in this batch: 'x0', 'x1'" in grades[0].error.message
     assert grader.unmatched_results == 2
 
 
@@ -270,7 +269,7 @@ def test_fewer_results_fail_only_the_missing_samples() -> None:
     assert "no result for id 'ex-1:2'; the response had 2 entries" in grades[2].error.message
 
 
-def test_extra_results_are_ignored_with_a_counted_warning(
+def test_an_extra_id_fails_every_sample_of_the_batch(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def extra(body: Any, number: int) -> tuple[int, Any]:
@@ -280,9 +279,10 @@ def test_extra_results_are_ignored_with_a_counted_warning(
     with scripted(extra) as (_, url), caplog.at_level(logging.WARNING):
         grader = lambda_grader(url)
         grades = grader.grade(samples(2))
-    assert [g.score for g in grades] == [0.0, 1.0]
+    assert kinds(grades) == ["invalid_output", "invalid_output"]
+    assert "not sent in this batch: 'stranger'" in grades[0].error.message
     assert grader.unmatched_results == 2
-    assert "ignored 2 result(s)" in caplog.text and "'stranger'" in caplog.text
+    assert "2 result(s) matching no sample" in caplog.text and "'stranger'" in caplog.text
 
 
 def test_a_duplicated_id_fails_that_sample() -> None:
