@@ -71,6 +71,7 @@ class RewardConfig:
     grader: str | dict[str, Any] = "exact_label"  # built-in, x.py:fn, mod:fn, grader file, table
     error_score: float | None = None  # score given a failed grading; unset = leave it out
     timeout_s: float = 60.0  # wall-clock limit for grading one sample
+    batch_timeout_s: float = 3600.0  # wall-clock limit for grading one step's batch; 0 = none
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rollout.max_new_tokens": (1, 1_000_000),
     "rollout.batch_size": (1, 100_000),
     "reward.timeout_s": (0.001, 86_400),
+    "reward.batch_timeout_s": (0, 86_400),
     "algo.clip_low": (0.0, 1.0),
     "algo.clip_high": (0.0, 10.0),
     "algo.kl_coef": (0.0, 100.0),

@@ -117,10 +117,12 @@ def summarize(graded: Sequence[Graded]) -> dict[str, Any]:
                 {"count": 0, "example": g.grade.error.message, "id": g.sample.id},
             )
             entry["count"] += 1
-    by_prompt: dict[str, set[float]] = defaultdict(set)
+    by_prompt: dict[str, list[float]] = defaultdict(list)
     for g in graded:
         if g.grade.error is None:
-            by_prompt[g.sample.example_id].add(g.grade.score)
+            by_prompt[g.sample.example_id].append(g.grade.score)
+    # Only prompts with two or more scored completions form a group that could carry signal.
+    groups = [set(scores) for scores in by_prompt.values() if len(scores) > 1]
     return {
         "completions": len(graded),
         "prompts": len({g.sample.example_id for g in graded}),
@@ -134,7 +136,7 @@ def summarize(graded: Sequence[Graded]) -> dict[str, Any]:
         "latency_p50_s": _percentile(latencies, 0.5),
         "latency_p95_s": _percentile(latencies, 0.95),
         "frac_prompts_same_score": (
-            sum(len(s) <= 1 for s in by_prompt.values()) / len(by_prompt) if by_prompt else None
+            sum(len(s) == 1 for s in groups) / len(groups) if groups else None
         ),
     }
 

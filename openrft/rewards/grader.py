@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
@@ -95,6 +96,49 @@ def _dict_to_grade(value: Mapping[object, object], name: str, latency_s: float) 
         message = f"{name} components sum to {score}"
         return Grade.failed("invalid_output", message, latency_s)
     return Grade(score=score, components=components, latency_s=latency_s)
+
+
+class BatchTimeout:
+    """A grader whose `grade` call gets at most `timeout_s` of wall-clock time per batch.
+
+    The inner call runs in a daemon thread; past the limit every sample of the batch is a
+    `timeout` error and the call is abandoned (Python cannot kill a thread, so it finishes
+    in the background and its result is dropped). Per-sample and per-request limits of the
+    graders themselves still apply inside; this bounds the whole step's grading."""
+
+    def __init__(self, grader: Grader, timeout_s: float):
+        self.inner, self.timeout_s = grader, timeout_s
+        self.name = str(getattr(grader, "name", type(grader).__name__))
+
+    def grade(self, samples: Sequence[Sample]) -> list[Grade]:
+        outcome: list[list[Grade]] = []
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                outcome.append(grade_safely(self.inner, samples))
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=target, name=f"grade-{self.name}", daemon=True)
+        started = time.perf_counter()
+        thread.start()
+        thread.join(self.timeout_s)
+        if failure:
+            raise failure[0]
+        if not outcome:
+            latency = (time.perf_counter() - started) / max(1, len(samples))
+            message = (
+                f"grader {self.name!r} did not finish a batch of {len(samples)} samples within "
+                f"reward.batch_timeout_s = {self.timeout_s:g} s"
+            )
+            return [Grade.failed("timeout", message, latency) for _ in samples]
+        return outcome[0]
+
+
+def with_batch_timeout(grader: Grader, timeout_s: float) -> Grader:
+    """`grader` with a per-batch wall-clock limit; 0 means none."""
+    return BatchTimeout(grader, timeout_s) if timeout_s > 0 else grader
 
 
 def grade_safely(grader: Grader, samples: Sequence[Sample]) -> list[Grade]:

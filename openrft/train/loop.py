@@ -25,6 +25,7 @@ from openrft.metrics import names
 from openrft.metrics.report import write_report
 from openrft.metrics.writer import JsonlLog
 from openrft.rewards import build_grader
+from openrft.rewards.grader import with_batch_timeout
 from openrft.rollout.hf_engine import HFEngine
 from openrft.train.checkpoint import (
     TrainPosition,
@@ -82,7 +83,9 @@ def train(
     policy = build_policy(config)
     write_status(run_dir, "data_processing", message=f"validating {config.data.train_file}")
     data = load_job_data(config, policy.tokenizer)
-    grader = build_grader(config.reward.grader, config.reward.timeout_s)
+    grader = with_batch_timeout(
+        build_grader(config.reward.grader, config.reward.timeout_s), config.reward.batch_timeout_s
+    )
     engine = HFEngine(policy.model, policy.tokenizer, config.rollout.batch_size)
     steps = total_steps(config, len(data.train))
     passes = config.algo.update_epochs * config.train.mini_batches

@@ -121,3 +121,14 @@ def test_grader_validate_reports_field_errors(tmp_path, capsys):
     bad.write_text('type = "regex"\npattern = "("\n')
     assert main(["grader", "validate", str(bad)]) == 1
     assert "pattern: not a valid regular expression" in capsys.readouterr().err
+
+
+def test_a_prompt_with_one_completion_is_not_counted_as_a_group(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    examples = {e.id: e for e in dry_run.load_data(data, None)}
+    pairs = [(examples["a"], "positive", 0), (examples["b"], "x", 0), (examples["b"], "y", 0)]
+    summary = dry_run.summarize(dry_run.grade_pairs(build_grader("exact_label"), pairs, 4))
+    assert summary["frac_prompts_same_score"] == 1.0  # only b is a group: both scored 0
+    single = dry_run.summarize(dry_run.grade_pairs(build_grader("exact_label"), pairs[:1], 4))
+    assert single["frac_prompts_same_score"] is None

@@ -188,3 +188,30 @@ def test_an_error_grade_keeps_its_kind_and_loses_any_score() -> None:
     grades = grade_safely(FixedGrader([half_failed, failed]), [make_sample("a"), make_sample("b")])
     assert grades[0] == Grade.failed("judge_refusal", "refused")
     assert grades[1] == failed
+
+
+def test_a_batch_over_its_time_limit_is_a_timeout_for_every_sample():
+    import threading
+    import time
+
+    from openrft.rewards.grader import BatchTimeout, with_batch_timeout
+
+    release = threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def grade(self, samples):
+            release.wait(30)
+            return [Grade(1.0) for _ in samples]
+
+    samples = [make_sample("a"), make_sample("b", index=1)]
+    started = time.monotonic()
+    grades = BatchTimeout(Slow(), 0.2).grade(samples)
+    release.set()
+    assert time.monotonic() - started < 10
+    assert [g.error.kind for g in grades] == ["timeout", "timeout"]
+    assert "batch_timeout_s = 0.2 s" in grades[0].error.message
+    fast = with_batch_timeout(Slow(), 5.0)
+    assert [g.score for g in fast.grade(samples)] == [1.0, 1.0] and fast.name == "slow"
+    assert isinstance(with_batch_timeout(Slow(), 0), Slow)  # 0: no limit, no wrapper
