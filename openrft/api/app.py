@@ -53,6 +53,11 @@ def create_app(
         description="Reinforcement fine-tuning jobs: native, Bedrock- and OpenAI-compatible.",
         version="0.1.0",
         lifespan=lifespan,
+        # The OpenAPI document is served below behind the token, like every API route; the
+        # Swagger pages are left out because they load their scripts from a CDN.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.token = ensure_token(layout.token)
@@ -65,6 +70,11 @@ def create_app(
     auth = [Depends(require_token)]
     for module in (native, bedrock, openai_compat):
         app.include_router(module.router, dependencies=auth)
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    def openapi() -> dict:
+        return app.openapi()
+
     mount_dashboard(app)
     return app
 

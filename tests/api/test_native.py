@@ -145,7 +145,10 @@ def test_run_files_refuse_path_traversal(idle_server, tmp_path, tiny_model_dir):
         assert client.get(f"/api/jobs/{job['id']}/{path}").status_code == 200
 
 
-def test_openapi_document(idle_server):
-    paths = httpx.get(f"{idle_server.url}/openapi.json").json()["paths"]  # public, like /docs
+def test_openapi_document_needs_the_token(idle_server):
+    client = idle_server.client
+    assert httpx.get(f"{idle_server.url}/openapi.json").status_code == 401
+    paths = client.get("/openapi.json").json()["paths"]
     assert "/api/jobs" in paths and "/v1/fine_tuning/jobs" in paths
     assert "/model-customization-jobs" in paths
+    assert httpx.get(f"{idle_server.url}/health").status_code == 200  # the one open route
