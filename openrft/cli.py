@@ -34,8 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openrft: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("openrft: interrupted; resume with `openrft train --resume RUN_DIR`", file=sys.stderr)
+        resume = RESUME_HINTS.get(getattr(args.handler, "__name__", ""), "")
+        hint = f"; resume with `{resume}`" if resume else ""
+        print(f"openrft: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+# What to tell a user who pressed Ctrl-C, by command handler (only runs can be resumed).
+RESUME_HINTS = {
+    "cmd_train": "openrft train --resume RUN_DIR",
+    "cmd_demo": "openrft train --resume RUN_DIR",
+    "cmd_sft": "openrft sft --resume RUN_DIR",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

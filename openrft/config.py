@@ -115,6 +115,8 @@ class EvalConfig:
     temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
     success_threshold: float = 1.0  # a completion scoring at least this passes (for pass@k)
+    baseline_prompts: int = 16  # train prompts the Step-0 baseline samples at job start; 0 = off
+    require_signal: bool = False  # refuse to train when the baseline finds no learning signal
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rollout.batch_size": (1, 100_000),
     "reward.timeout_s": (0.001, 86_400),
     "reward.batch_timeout_s": (0, 86_400),
+    "eval.baseline_prompts": (0, 100_000),
     "algo.clip_low": (0.0, 1.0),
     "algo.clip_high": (0.0, 10.0),
     "algo.kl_coef": (0.0, 100.0),

@@ -63,3 +63,7 @@ class RolloutError(RFTError):
 
 class CheckpointError(RFTError):
     pass
+
+
+class NoLearningSignal(RFTError):
+    """The Step-0 baseline found no prompt whose samples score differently (eval.require_signal)."""

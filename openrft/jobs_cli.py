@@ -47,7 +47,7 @@ def add_commands(commands: Any) -> None:
         ("get", cmd_get, "show a job"),
         ("stop", cmd_stop, "stop a job (it checkpoints first)"),
         ("resume", cmd_resume, "resume a stopped or failed job"),
-        ("delete", cmd_delete, "delete an ended job and its run directory"),
+        ("delete", cmd_delete, "delete a queued or ended job and its run directory"),
     ):
         action = actions.add_parser(name, parents=[common], help=text)
         action.add_argument("id")

@@ -20,7 +20,9 @@ from rich.table import Table
 
 from openrft.config import apply_override
 from openrft.errors import ConfigError, RFTError
+from openrft.jobs.model import GRADER_FILE_FIELDS
 from openrft.jobs.service import default_data_dir
+from openrft.rewards.spec import load_grader_file
 
 ENDED = ("Completed", "Failed", "Stopped")
 FILE_ID = re.compile(r"^file-[0-9a-f]+(:.*)?$")
@@ -136,10 +138,45 @@ def upload_local_files(
         local = _find(path_part, config_dir)
         if local is None:
             continue  # a built-in name, builtin:..., or a path on the server
+        if key == "grader" and local.suffix in (".toml", ".json"):
+            # Inlined, with the files it names uploaded: the server has no folder beside it.
+            table[key] = _inline_grader(client, local, uploaded)
+            continue
         file_id = client.upload(local)
         table[key] = f"{file_id}{function}"
         uploaded.append((f"{section}.{key}", local, file_id))
     return uploaded
+
+
+def _inline_grader(
+    client: JobsClient, path: Path, uploaded: list[tuple[str, Path, str]]
+) -> dict[str, Any]:
+    """The grader file's spec, every local file it names (GRADER_FILE_FIELDS, nested graders
+    too) uploaded and replaced by `file-<id>[:function]`."""
+    spec = load_grader_file(path)
+
+    def walk(node: Any, where: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            field = f"{where}.{key}"
+            if isinstance(value, dict | list):
+                walk(value, field)
+            elif key in GRADER_FILE_FIELDS and isinstance(value, str):
+                file_part, function = value, ""
+                if key == "function":
+                    file_part, _, name = value.rpartition(":")
+                    function = f":{name}"
+                    if not file_part.endswith(".py"):
+                        continue  # package.module:function lives on the server
+                local = Path(file_part).expanduser()
+                local = local if local.is_absolute() else path.parent / local
+                if local.is_file():
+                    file_id = client.upload(local)
+                    node[key] = f"{file_id}{function}"
+                    uploaded.append((field, local, file_id))
+
+    walk(spec, "reward.grader")
+    return spec
 
 
 def _find(value: str, config_dir: Path) -> Path | None:

@@ -137,5 +137,10 @@ def new_job_id() -> str:
     return f"job-{secrets.token_hex(6)}"
 
 
+# Grader-spec fields that name files beside the grader file (python_function's `function`,
+# json's `schema_file`): `jobs create` uploads them, the server resolves their file ids.
+GRADER_FILE_FIELDS = ("function", "schema_file")
+
+
 def new_file_id() -> str:
     return f"file-{secrets.token_hex(8)}"

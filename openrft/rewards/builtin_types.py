@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -51,7 +52,8 @@ def python_function_from_spec(spec: Mapping[str, Any], ctx: SpecContext) -> Grad
     check_fields(spec, {"type", "name", "function", "timeout_s"}, ctx)
     reference = get_field(spec, "function", str, ctx)
     target, _, attr = reference.rpartition(":")
-    if target.endswith(".py") and not target.startswith("/"):
+    if target.endswith(".py"):
+        target = str(Path(target).expanduser())
         reference = f"{ctx.base_dir / target}:{attr}"  # relative to the grader file
     timeout_s = get_field(spec, "timeout_s", float, ctx, ctx.timeout_s)
     grader = PythonFunctionGrader(reference, timeout_s=timeout_s)
@@ -117,8 +119,10 @@ class JsonGrader:
 def json_from_spec(spec: Mapping[str, Any], ctx: SpecContext) -> Grader:
     check_fields(spec, {"type", "name", "schema", "schema_file"}, ctx)
     schema = get_field(spec, "schema", dict, ctx, None)
+    if "schema_file" in spec and schema is not None:
+        raise ctx.error("schema_file", "give the schema inline (schema) or as a file, not both")
     if "schema_file" in spec:
-        path = ctx.base_dir / get_field(spec, "schema_file", str, ctx)
+        path = ctx.base_dir / Path(get_field(spec, "schema_file", str, ctx)).expanduser()
         try:
             schema = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -216,6 +220,7 @@ def weighted_from_spec(spec: Mapping[str, Any], ctx: SpecContext) -> Grader:
 GRADER_TYPES = {
     "exact_label": exact_label_from_spec,
     "math": math_from_spec,
+    "math_answer": math_from_spec,  # the built-in's name works as a type too, as exact_label's
     "python_function": python_function_from_spec,
     "regex": regex_from_spec,
     "json": json_from_spec,

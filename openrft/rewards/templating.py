@@ -60,6 +60,9 @@ def resolve(path: str, namespaces: dict[str, Any]) -> Any:
             value = value[int(part)]
         else:
             raise TemplateError(f"'{{{{ {path} }}}}': no '{part}' in {head}")
+    if path == "item.reference_answer" and value is None:
+        # Every item has the key; None means the row has none: an error, not the text "null".
+        raise TemplateError(f"'{{{{ {path} }}}}': the row has no reference answer")
     return value
 
 

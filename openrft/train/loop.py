@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Protocol
 import torch
 
 from openrft.config import JobConfig, dump_config
-from openrft.errors import CheckpointError
+from openrft.errors import CheckpointError, NoLearningSignal
+from openrft.evaluation.baseline import baseline
 from openrft.evaluation.evaluate import evaluate
 from openrft.metrics import names
 from openrft.metrics.report import write_report
@@ -108,6 +110,9 @@ def train(
     if position.step == 0:
         write_status(run_dir, "validation", 0, steps, "validating the starting model")
         validation = validate(engine, data, config, grader, step=0)
+        if config.eval.baseline_prompts:
+            write_status(run_dir, "validation", 0, steps, "Step-0 baseline: can GRPO learn here?")
+            validation.update(step_zero_baseline(engine, data, config, grader, run_dir))
         metrics_log.write({names.STEP: 0, names.EPOCH: 0.0, **validation})
         position = replace(position, val_before=validation[names.VAL_REWARD_MEAN])
     val_after = position.val_before
@@ -215,6 +220,32 @@ def validate(
         engine, data.validation, prompt_ids, params, grader, config.eval.success_threshold
     )
     return result.log_metrics("val")
+
+
+def step_zero_baseline(
+    engine: HFEngine, data: JobData, config: JobConfig, grader, run_dir: Path
+) -> dict[str, float]:
+    """The baseline check on the first `eval.baseline_prompts` training prompts, sampled as
+    training samples them; writes RUN_DIR/baseline.json and returns its baseline/* metrics.
+    With `eval.require_signal`, no prompt with differing scores stops the job here."""
+    examples = data.train[: config.eval.baseline_prompts]
+    prompt_ids = [data.prompt_ids[e.id] for e in examples]
+    params = sampling_params(config, seed=config.train.seed * 1_000_003)
+    result = baseline(engine, examples, prompt_ids, params, grader, config.eval.success_threshold)
+    (run_dir / "baseline.json").write_text(json.dumps(result.to_dict(), indent=2))
+    print(f"Step-0 baseline: {result.message}", file=sys.stderr, flush=True)
+    if config.eval.require_signal and result.signal_share == 0:
+        raise NoLearningSignal(
+            f"eval.require_signal: the Step-0 baseline sampled {result.prompts} prompts x "
+            f"{result.samples_per_prompt} and no prompt's samples scored differently, so GRPO "
+            f"has nothing to learn from ({result.message}); see {run_dir / 'baseline.json'}"
+        )
+    return {
+        "baseline/mean_reward": result.mean_reward,
+        "baseline/signal_share": result.signal_share,
+        "baseline/all_fail_share": result.all_fail_share,
+        "baseline/all_succeed_share": result.all_succeed_share,
+    }
 
 
 def sampling_params(config: JobConfig, seed: int) -> SamplingParams:

@@ -56,14 +56,21 @@ class Policy:
 def build_policy(config: JobConfig) -> Policy:
     model, tokenizer = load_model(config.model.name, config.model.dtype)
     init_from = resolve_init_from(config.model.init_from)
+    from_adapter = init_from is not None and (init_from / "adapter_config.json").exists()
+    if init_from is not None and not from_adapter:
+        # Full weights (a full fine-tuning run) replace the base; LoRA, if on, goes on top.
+        model, _ = load_model(str(init_from), config.model.dtype)
     if config.lora.enabled:
-        if init_from is not None and (init_from / "adapter_config.json").exists():
+        if from_adapter:
+            # The adapter keeps training with its own rank and targets (adapter_config.json).
             model = peft.PeftModel.from_pretrained(model, init_from, is_trainable=True)
         else:
             model = peft.get_peft_model(model, lora_config(config))
         return Policy(model=model, tokenizer=tokenizer, uses_lora=True)
-    if init_from is not None:
-        model, _ = load_model(str(init_from), config.model.dtype)
+    if from_adapter:
+        # Full fine-tuning from a LoRA run: its adapter merged into the base weights.
+        model = peft.PeftModel.from_pretrained(model, init_from).merge_and_unload()
+        model.requires_grad_(True)  # peft froze the base weights while the adapter loaded
     reference = None
     if config.algo.kl_coef > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)

@@ -185,3 +185,15 @@ def test_spec_errors_name_the_field(spec, fragment):
 def test_scores_are_always_finite():
     grader = build({"type": "length", "target_tokens": 0, "max_tokens": 1})
     assert all(math.isfinite(g.score) for g in grader.grade([sample("x" * 10_000)]))
+
+
+def test_math_answer_names_the_math_type_too():
+    [grade] = build({"type": "math_answer"}).grade([sample("#### 42", reference="42")])
+    assert grade.score == 1.0
+
+
+def test_a_schema_inline_and_in_a_file_is_refused(tmp_path):
+    (tmp_path / "s.json").write_text("{}")
+    spec = {"type": "json", "schema": {}, "schema_file": "s.json"}
+    with pytest.raises(GraderError, match="not both"):
+        build(spec, tmp_path)

@@ -402,7 +402,9 @@ def test_score_model_renders_its_input(judge_server) -> None:
                             "reasoning_effort": "high"},
     }  # fmt: skip
     grader = _build(spec)
-    first, second = grader.grade([make_sample("42", reference="42"), make_sample("41", index=1)])
+    first, second = grader.grade(
+        [make_sample("42", reference="42"), make_sample("41", reference="42", index=1)]
+    )
     assert first.score == 0.7 and first.components["quality"] == 0.7
     assert second.error.kind == "invalid_output"  # 3 is outside [0, 1]
     body = next(b for b in script.bodies if "A: 42" in _prompt_text(b))

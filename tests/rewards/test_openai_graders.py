@@ -397,3 +397,19 @@ def test_an_openai_grader_json_file_builds_as_it_is(tmp_path: Path) -> None:
     grader = build(load_grader_file(path))
     assert grader.name == "answer"
     assert grade(grader, "kitten", "sitting").score == pytest.approx(0.5 * 8 / 13)
+
+
+def test_a_row_without_a_reference_is_an_error_not_null():
+    from openrft.rewards import build_grader
+
+    grader = build_grader(
+        {
+            "type": "string_check",
+            "name": "same",
+            "operation": "eq",
+            "input": "{{ sample.output_text }}",
+            "reference": "{{ item.reference_answer }}",
+        }
+    )
+    [missing] = grader.grade([make_sample("null")])  # a reply "null" must not match a None
+    assert missing.score is None and "has no reference answer" in missing.error.message

@@ -127,3 +127,32 @@ def test_error_score_trains_on_failed_samples(tmp_path, tiny_model_dir):
     rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
     failed = [c for r in rollouts for c in r["completions"] if c["error"] is not None]
     assert failed and all(c["advantage"] is not None for c in failed)
+
+
+def test_the_step_zero_baseline_runs_at_job_start(tmp_path, tiny_model_dir):
+    config = tiny_job(tmp_path, tiny_model_dir, "train.max_steps=1", "eval.baseline_prompts=3")
+    train(config, tmp_path / "run", show_progress=False)
+    report = json.loads((tmp_path / "run" / "baseline.json").read_text())
+    assert report["prompts"] == 3 and report["samples_per_prompt"] == 4
+    assert report["advice"] in ("go", "sft_first", "rft_unnecessary") and report["message"]
+    step0 = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert step0["baseline/mean_reward"] == pytest.approx(report["mean_reward"])
+    assert step0["baseline/signal_share"] == report["signal_share"]
+    # The rubric's brevity term differs between samples: every group carries signal.
+    assert report["signal_share"] == 1.0
+
+
+def test_require_signal_refuses_a_job_grpo_cannot_learn(tmp_path, tiny_model_dir):
+    from openrft.errors import NoLearningSignal
+
+    # Random tiny weights never say the bare label: every sample scores 0, no signal.
+    config = tiny_job(
+        tmp_path, tiny_model_dir, 'reward.grader="exact_label"', "eval.require_signal=true"
+    )
+    with pytest.raises(NoLearningSignal, match="no prompt's samples scored differently"):
+        train(config, tmp_path / "run", show_progress=False)
+    assert json.loads((tmp_path / "run" / "baseline.json").read_text())["signal_share"] == 0
+    assert not (tmp_path / "run" / "final").exists()
+    off = tiny_job(tmp_path, tiny_model_dir, "train.max_steps=1", "eval.baseline_prompts=0")
+    train(off, tmp_path / "off", show_progress=False)
+    assert not (tmp_path / "off" / "baseline.json").exists()

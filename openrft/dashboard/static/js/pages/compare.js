@@ -50,7 +50,7 @@ export function renderCompare(root, ids) {
       h("span", { class: "sep" }, "/"),
       "Compare",
     ),
-    h("div", { class: "page-head" }, h("h1", null, `Compare ${ids.length} jobs`)),
+    h("div", { class: "page-head" }, h("h1", null, `Compare ${ids.length} job${ids.length === 1 ? "" : "s"}`)),
     legend,
   );
   replace(root, page);
