@@ -53,6 +53,7 @@ def run_openrft(steps: int) -> dict:
             "algo.clip_high=0.2",
             "eval.interval=0",
             "eval.max_prompts=1",
+            "eval.baseline_prompts=0",  # TRL has no Step-0 check; it is not part of a step
             "checkpoint.interval=0",
         ],
     )
