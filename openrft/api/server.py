@@ -24,18 +24,15 @@ from fastapi import FastAPI
 from openrft.api.app import create_app
 from openrft.jobs.model import JobError
 from openrft.jobs.service import DataDir, default_data_dir
+from openrft.net import listen_socket
 
 GRACEFUL_SHUTDOWN_S = 3  # open streams (SSE) get this long before the app shuts down
 
 
 def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock = listen_socket(host, port)
     except OSError as exc:
-        sock.close()
         raise JobError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     sock.set_inheritable(True)
     return sock

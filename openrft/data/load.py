@@ -108,8 +108,9 @@ def validate_line(text: str, file: str, line: int) -> tuple[Example | None, list
     return example, []
 
 
-def _message_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
-    """(field, message) for everything wrong with `messages` and its turns."""
+def message_list_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for a row's `messages`: present, a non-empty list, each turn an object
+    with a known role and text content. Shared by the RL and SFT row validators."""
     if "messages" not in row:
         return [("messages", "missing; every row needs a list of chat messages")]
     messages = row["messages"]
@@ -119,6 +120,15 @@ def _message_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
         problems += _turn_problems(f"messages[{i}]", message)
+    return problems
+
+
+def _message_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for everything wrong with `messages` and its turns."""
+    problems = message_list_problems(row)
+    if "messages" not in row or not isinstance(row["messages"], list) or not row["messages"]:
+        return problems
+    messages = row["messages"]
     last = messages[-1]
     if isinstance(last, dict) and last.get("role") == "assistant":
         problems.append(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from openrft.data.load import _id_problems, _json_type, _turn_problems, validate_line
+from openrft.data.load import _id_problems, _json_type, message_list_problems, validate_line
 from openrft.data.render import render_prompt
 from openrft.errors import DatasetError, RowError
 from openrft.types import Message
@@ -137,15 +137,11 @@ def reference_line(text: str, file: str, line: int) -> tuple[Conversation | None
 
 def _conversation_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, message) for everything wrong with an SFT row's `messages`."""
-    if "messages" not in row:
-        return [("messages", "missing; every row needs a list of chat messages")]
+    problems = message_list_problems(row)
+    if "messages" not in row or not isinstance(row["messages"], list) or not row["messages"]:
+        return problems
     messages = row["messages"]
-    if not isinstance(messages, list) or not messages:
-        got = _json_type(messages) if not isinstance(messages, list) else "an empty list"
-        return [("messages", f"must be a non-empty list of messages, got {got}")]
-    problems: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
-        problems += _turn_problems(f"messages[{i}]", message)
         if isinstance(message, dict) and "weight" in message:
             problems += _weight_problems(f"messages[{i}]", message)
     if problems:

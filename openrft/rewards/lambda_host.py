@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from openrft.errors import GraderError
+from openrft.net import listen_socket
 from openrft.rewards.grader import to_grade
 from openrft.rewards.python_function import _load_file, describe_exception, load_function
 from openrft.rewards.templating import openai_sample
@@ -260,18 +261,10 @@ def _error_response(
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0 picks a free one); GraderError when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        return listen_socket(host, port)
     except OSError as exc:
-        sock.close()
         raise GraderError(f"cannot listen on {host}:{port}: {exc}") from exc
-    # Listening now, before uvicorn starts: a client that reads the printed URL and connects
-    # at once waits in the backlog instead of being refused.
-    sock.listen(2048)
-    return sock
 
 
 def url_of(sock: socket.socket) -> str:
