@@ -13,27 +13,38 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from openrft.rollout.kv_cache import decoding_cache
 from openrft.rollout.sampling import sample_next_tokens
+from openrft.rollout.shadow import ShadowModel
 from openrft.types import Completion, FinishReason, SamplingParams
 
 
 class HFEngine:
-    """Samples from a live transformers model (weights shared with the trainer)."""
+    """Samples from a live transformers model: the trainer's own (weights shared), or, with
+    `sample_dtype`, a copy in that dtype with LoRA merged (openrft.rollout.shadow), re-synced
+    by `sync_weights` after each update."""
 
     def __init__(
         self,
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 64,
+        sample_dtype: torch.dtype | None = None,
     ):
-        self.model = model
+        self.shadow = None
+        if sample_dtype is not None and sample_dtype != next(model.parameters()).dtype:
+            self.shadow = ShadowModel(model, sample_dtype)
+        self.model = self.shadow.model if self.shadow is not None else model
         self.tokenizer = tokenizer
         self.batch_size = batch_size  # sequences decoded together
         self.end_token_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def sync_weights(self, policy: nn.Module) -> None:
-        self.model = policy  # same object, same weights: nothing to copy
+        if self.shadow is not None:
+            self.shadow.sync(policy)  # copy the updated weights into the sampling copy
+        else:
+            self.model = policy  # same object, same weights: nothing to copy
 
     @torch.no_grad()
     def generate(
@@ -62,6 +73,7 @@ class HFEngine:
             input_ids=input_ids_P_L,
             attention_mask=attention_P_L,
             position_ids=positions_P_L,
+            past_key_values=decoding_cache(),  # written in place, not re-concatenated per token
             use_cache=True,
             logits_to_keep=1,
         )

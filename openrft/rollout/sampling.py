@@ -27,5 +27,19 @@ def sample_next_tokens(
         drop_sorted_B_V[:, 0] = False  # top_p = 0 still keeps the most likely token
         drop_B_V = drop_sorted_B_V.scatter(-1, order_B_V, drop_sorted_B_V)
         logits_B_V = logits_B_V.masked_fill(drop_B_V, float("-inf"))
-    probs_B_V = logits_B_V.softmax(dim=-1)
-    return torch.multinomial(probs_B_V, 1, generator=generator).squeeze(-1)
+    return sample_from_probs(logits_B_V.softmax(dim=-1), generator)
+
+
+def sample_from_probs(probs_B_V: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row drawn from its distribution, by inverting the cumulative sum with one
+    uniform number per row. `torch.multinomial` draws an exponential variate for every entry
+    (B x V, 3M numbers for 64 rows of a 49k vocabulary), which was 16% of a CPU rollout.
+    The sum is taken in float64 so the last bins are exact; a zero-probability entry shares
+    its left neighbour's cumulative value and so can never be chosen (side="right")."""
+    cumulative_B_V = probs_B_V.double().cumsum(dim=-1)
+    uniform_B_1 = torch.rand(
+        (probs_B_V.shape[0], 1), generator=generator, device=probs_B_V.device, dtype=torch.float64
+    )
+    target_B_1 = uniform_B_1 * cumulative_B_V[:, -1:]
+    index_B = torch.searchsorted(cumulative_B_V, target_B_1, right=True).squeeze(-1)
+    return index_B.clamp_(max=probs_B_V.shape[-1] - 1)

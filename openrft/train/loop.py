@@ -88,7 +88,8 @@ def train(
     grader = with_batch_timeout(
         build_grader(config.reward.grader, config.reward.timeout_s), config.reward.batch_timeout_s
     )
-    engine = HFEngine(policy.model, policy.tokenizer, config.rollout.batch_size)
+    sample_dtype = torch.bfloat16 if config.rollout.dtype == "bfloat16" else None
+    engine = HFEngine(policy.model, policy.tokenizer, config.rollout.batch_size, sample_dtype)
     steps = total_steps(config, len(data.train))
     passes = config.algo.update_epochs * config.train.mini_batches
     optimizer, scheduler = build_optimizer(

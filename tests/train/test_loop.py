@@ -96,7 +96,9 @@ def test_algorithm_variants_run(tmp_path, tiny_model_dir, overrides):
     for record in metrics:
         assert math.isfinite(record["loss/total"])
         if config.algo.kl_coef > 0:
-            assert record["policy/kl"] is not None and record["policy/kl"] >= -1e-6
+            assert record["policy/kl"] is not None and math.isfinite(record["policy/kl"])
+            if config.algo.kl_estimator == "k3":  # k3 is never negative; k1 only in expectation
+                assert record["policy/kl"] >= -1e-6
         else:
             assert record["policy/kl"] is None  # no reference forward when KL is off
 

@@ -1,0 +1,79 @@
+"""A low-precision copy of the policy that the rollout engine samples from.
+
+The trainer keeps float32 weights (and Adam state) for stable updates; sampling only needs a
+forward pass, and on CPUs with AVX-512 BF16/AMX a bfloat16 matmul is ~4x a float32 one
+(bench/generate.py measures both). So rollouts can run on a bfloat16 copy with LoRA merged
+in, re-synced after every update: the same split vLLM-based trainers use, with the same
+small sampler/trainer mismatch (the trainer recomputes every log-prob in float32).
+
+    shadow = ShadowModel(policy.model, torch.bfloat16)   # once
+    shadow.sync(policy.model)                            # after each optimizer step
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+LORA_PREFIX = "base_model.model."  # peft's wrapper path in front of the plain model's names
+
+
+class ShadowModel:
+    """`model`: a plain transformers model in `dtype`, with LoRA deltas merged into its weights."""
+
+    def __init__(self, policy: nn.Module, dtype: torch.dtype):
+        self.dtype = dtype
+        plain = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        # Built from the policy's own modules, LoRA branches left out: a structural copy of the
+        # base model, whose weights sync() then overwrites.
+        with _without_lora(policy):
+            self.model = copy.deepcopy(plain).to(dtype).eval().requires_grad_(False)
+        self._targets = dict(self.model.named_parameters())
+        self._synced_once = False
+        self.sync(policy)
+
+    @torch.no_grad()
+    def sync(self, policy: nn.Module) -> None:
+        """Copy the policy's current weights (base + scale * B @ A for LoRA layers) over."""
+        lora_weights: set[str] = set()
+        for name, module in policy.named_modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                adapters = [a for a in module.active_adapters if a in module.lora_A]
+                weight = module.base_layer.weight.detach().float()
+                for adapter in adapters:
+                    weight = weight + module.get_delta_weight(adapter).float()
+                target = _plain_name(name) + ".weight"
+                self._targets[target].copy_(weight)
+                lora_weights.add(target)
+        for name, parameter in policy.named_parameters():
+            plain = _plain_name(name).replace(".base_layer.", ".")
+            if "lora_" in name or plain in lora_weights or plain not in self._targets:
+                continue
+            if parameter.requires_grad or not self._synced_once:  # frozen ones never change
+                self._targets[plain].copy_(parameter.detach())
+        self._synced_once = True
+
+
+def _plain_name(name: str) -> str:
+    return name.removeprefix(LORA_PREFIX)
+
+
+class _without_lora:
+    """Temporarily swap peft's LoRA-wrapped linears for their base layers (for the deep copy)."""
+
+    def __init__(self, policy: nn.Module):
+        self.policy, self.swapped = policy, []
+
+    def __enter__(self) -> None:
+        for name, module in list(self.policy.named_modules()):
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                parent_name, _, child = name.rpartition(".")
+                parent = self.policy.get_submodule(parent_name)
+                setattr(parent, child, module.base_layer)
+                self.swapped.append((parent, child, module))
+
+    def __exit__(self, *_: object) -> None:
+        for parent, child, module in self.swapped:
+            setattr(parent, child, module)
