@@ -6,6 +6,10 @@ one optimisation pass per batch, clip 0.2/0.2, token-mean loss, group-std advant
 AdamW (0.9, 0.999), constant learning rate 2e-4, grad-norm clip 1.0, seed 0, all cores.
 The reward is the exact SST-2 label after normalisation (openrft's `exact_label`).
 
+A third side, openrft-bf16, runs openrft with `model.dtype = "bfloat16"` (the frozen base
+computes in bf16; LoRA adapters and Adam state stay float32) and `rollout.dtype = "bfloat16"`
+(rollouts from a merged bf16 copy): openrft's own speed settings, everything else equal.
+
 Each side runs in its own subprocess, so its peak RSS is its own. Prints, per side: median
 seconds per step over the measured steps (the first step is a warm-up and not counted),
 completion tokens per second, peak RSS and the reward per step; then openrft / TRL ratios.
@@ -27,9 +31,15 @@ import time
 from pathlib import Path
 
 PROMPTS, GROUP, MAX_NEW, LR, SEED = 8, 8, 16, 2e-4, 0
+SIDES = ("openrft", "openrft-bf16", "trl")
 
 
-def run_openrft(steps: int) -> dict:
+# openrft's own speed settings, run as a third side: bf16 compute for the frozen base (the
+# LoRA adapters and Adam state stay float32) and rollouts from a merged bf16 copy.
+BF16 = ['model.dtype="bfloat16"', 'rollout.dtype="bfloat16"']
+
+
+def run_openrft(steps: int, extra: tuple[str, ...] = ()) -> dict:
     from openrft.config import load_config
     from openrft.train.loop import train
 
@@ -55,6 +65,7 @@ def run_openrft(steps: int) -> dict:
             "eval.max_prompts=1",
             "eval.baseline_prompts=0",  # TRL has no Step-0 check; it is not part of a step
             "checkpoint.interval=0",
+            *extra,
         ],
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +163,10 @@ def run_trl(steps: int) -> dict:
 
 
 def side(name: str, steps: int, out: Path) -> None:
-    result = (run_openrft if name == "openrft" else run_trl)(steps)
+    if name == "trl":
+        result = run_trl(steps)
+    else:
+        result = run_openrft(steps, tuple(BF16) if name == "openrft-bf16" else ())
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     out.write_text(json.dumps(result))
 
@@ -171,7 +185,7 @@ def summarize(result: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="measured steps (after 1 warm-up)")
-    parser.add_argument("--side", choices=["openrft", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -179,7 +193,7 @@ def main() -> None:
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("openrft", "trl"):
+        for name in SIDES:
             out = Path(tmp) / f"{name}.json"
             print(f"running {name} ({args.steps} + 1 steps)...", flush=True)
             command = [
@@ -196,21 +210,23 @@ def main() -> None:
                 command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             results[name] = summarize(json.loads(out.read_text()))
-    print(f"\n{'':<10}{'s/step':>10}{'tokens/s':>11}{'peak RSS GB':>13}   reward per step")
+    print(f"\n{'':<14}{'s/step':>10}{'tokens/s':>11}{'peak RSS GB':>13}   reward per step")
     for name, r in results.items():
         rewards = " ".join(f"{x:.2f}" for x in r["reward"])
         print(
-            f"{name:<10}{r['median_step_s']:>10.2f}{r['tokens_per_s']:>11.1f}"
+            f"{name:<14}{r['median_step_s']:>10.2f}{r['tokens_per_s']:>11.1f}"
             f"{r['peak_rss_gb']:>13.2f}   {rewards}"
         )
-    ours, theirs = results["openrft"], results["trl"]
-    print(
-        f"\nopenrft vs TRL: {theirs['median_step_s'] / ours['median_step_s']:.1f}x faster per step,"
-        " "
-        f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.1f}x the completion tokens/s, "
-        f"{ours['peak_rss_gb'] / theirs['peak_rss_gb']:.2f}x the peak RSS; mean reward "
-        f"{statistics.fmean(ours['reward']):.3f} vs {statistics.fmean(theirs['reward']):.3f}"
-    )
+    theirs = results["trl"]
+    print()
+    for name in SIDES[:-1]:
+        ours = results[name]
+        print(
+            f"{name} vs TRL: {theirs['median_step_s'] / ours['median_step_s']:.1f}x faster per "
+            f"step, {ours['tokens_per_s'] / theirs['tokens_per_s']:.1f}x the completion tokens/s, "
+            f"{ours['peak_rss_gb'] / theirs['peak_rss_gb']:.2f}x the peak RSS; mean reward "
+            f"{statistics.fmean(ours['reward']):.3f} vs {statistics.fmean(theirs['reward']):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class RolloutConfig:
     max_new_tokens: int = 64  # generation cap per completion
     stop: tuple[str, ...] = ()  # extra stop strings (the end-of-turn token always stops)
     batch_size: int = 64  # sequences generated together
-    dtype: Literal["model", "bfloat16"] = "model"  # sample from the policy, or a bf16 copy of it
+    dtype: Literal["model", "bfloat16"] = "model"  # sample from the policy, or a merged bf16 copy
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ class HFEngine:
         sample_dtype: torch.dtype | None = None,
     ):
         self.shadow = None
-        if sample_dtype is not None and sample_dtype != next(model.parameters()).dtype:
+        lora = hasattr(model, "peft_config")  # a merged copy also drops the LoRA side branches
+        if sample_dtype is not None and (lora or sample_dtype != next(model.parameters()).dtype):
             self.shadow = ShadowModel(model, sample_dtype)
         self.model = self.shadow.model if self.shadow is not None else model
         self.tokenizer = tokenizer

@@ -156,23 +156,19 @@ def sequence_logprobs(
     """
     device = next(causal_lm.parameters()).device
     width = max(len(r.token_ids) - r.prompt_length for r in rows)
-    hidden_rows: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, row in enumerate(rows):
-        by_prompt.setdefault(row.token_ids[: row.prompt_length], []).append(i)
-    for prompt, members in by_prompt.items():
-        completions = [rows[i].token_ids[rows[i].prompt_length :] for i in members]
-        for i, hidden_T_H in zip(
-            members, _shared_prompt_hidden(causal_lm, prompt, completions, device), strict=True
-        ):
-            hidden_rows[i] = hidden_T_H
+    prompt_index: dict[tuple[int, ...], int] = {}
+    prompt_of_row = [
+        prompt_index.setdefault(r.token_ids[: r.prompt_length], len(prompt_index)) for r in rows
+    ]
+    completions = [r.token_ids[r.prompt_length :] for r in rows]
+    hidden_rows = _shared_prompt_hidden(
+        causal_lm, list(prompt_index), prompt_of_row, completions, device
+    )
 
-    lengths_B = torch.tensor([len(r.token_ids) - r.prompt_length for r in rows], device=device)
+    lengths_B = torch.tensor([len(c) for c in completions], device=device)
     mask_B_T = (torch.arange(width, device=device)[None, :] < lengths_B[:, None]).float()
     hidden_N_H = torch.cat(hidden_rows, dim=0)
-    targets_N = torch.tensor(
-        [t for r in rows for t in r.token_ids[r.prompt_length :]], dtype=torch.long, device=device
-    )
+    targets_N = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
     head = causal_lm.get_output_embeddings()
     logprobs_N, entropy_N = token_logprobs_and_entropy(
         hidden_N_H, head.weight, targets_N, chunk_tokens, head.bias, with_entropy=with_entropy
@@ -188,34 +184,54 @@ def sequence_logprobs(
 
 def _shared_prompt_hidden(
     causal_lm: torch.nn.Module,
-    prompt: tuple[int, ...],
+    prompts: list[tuple[int, ...]],
+    prompt_of_row: list[int],
     completions: list[tuple[int, ...]],
     device: torch.device,
 ) -> list[torch.Tensor]:
-    """For each completion, the (length, H) hidden states that predict its tokens."""
+    """For each row, the (length, H) hidden states that predict its completion's tokens.
+
+    Two forward passes for the whole micro-batch, whatever its number of groups: the U
+    distinct prompts together, right-padded (causal attention keeps the padding out of the
+    real positions, so no mask is needed and no row is fully masked); then every completion
+    at once on its prompt's KV cache rows (selected per row, gradients flowing through them),
+    with a mask that hides the prompt padding from the completion tokens.
+    """
     decoder = causal_lm.get_decoder()
-    prompt_1_P = torch.tensor([prompt], dtype=torch.long, device=device)
-    out = decoder(input_ids=prompt_1_P, use_cache=True)
-    last_prompt_hidden_1_H = out.last_hidden_state[:, -1]  # predicts each completion's first token
-    cache = out.past_key_values
-    group = len(completions)
+    prompt_lengths_U = torch.tensor([len(p) for p in prompts], device=device)
+    longest = int(prompt_lengths_U.max())
+    ids_U_P = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
+    for u, prompt in enumerate(prompts):
+        ids_U_P[u, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+    out = decoder(input_ids=ids_U_P, use_cache=True)
+    rows_B = torch.tensor(prompt_of_row, device=device)
+    # The last real prompt position predicts each completion's first token.
+    last_B_H = out.last_hidden_state[rows_B, prompt_lengths_U[rows_B] - 1]
     width = max(len(c) for c in completions)
     if width > 1:
-        cache.batch_repeat_interleave(group)
-        ids_G_C = torch.zeros((group, width - 1), dtype=torch.long, device=device)
-        for g, completion in enumerate(completions):
-            ids_G_C[g, : len(completion) - 1] = torch.tensor(completion[:-1], dtype=torch.long)
-        # Right padding: padded positions come after every real token, so causal attention
-        # keeps them out of the real tokens' hidden states; no mask needed.
-        positions_G_C = len(prompt) + torch.arange(width - 1, device=device).expand(group, -1)
-        rest_G_C_H = decoder(
-            input_ids=ids_G_C, position_ids=positions_G_C, past_key_values=cache, use_cache=True
+        cache = out.past_key_values
+        cache.batch_select_indices(rows_B)  # each row's prompt cache (repeats allowed)
+        ids_B_C = torch.zeros((len(completions), width - 1), dtype=torch.long, device=device)
+        for b, completion in enumerate(completions):
+            ids_B_C[b, : len(completion) - 1] = torch.tensor(completion[:-1], dtype=torch.long)
+        starts_B_1 = prompt_lengths_U[rows_B][:, None]
+        positions_B_C = starts_B_1 + torch.arange(width - 1, device=device)[None, :]
+        prompt_mask_B_P = torch.arange(longest, device=device)[None, :] < starts_B_1
+        attention_B_L = torch.cat(
+            [prompt_mask_B_P.long(), torch.ones_like(ids_B_C)], dim=1
+        )  # completion padding sits after every real token: causality keeps it out
+        rest_B_C_H = decoder(
+            input_ids=ids_B_C,
+            position_ids=positions_B_C,
+            attention_mask=attention_B_L,
+            past_key_values=cache,
+            use_cache=True,
         ).last_hidden_state
     hidden = []
-    for g, completion in enumerate(completions):
-        parts = [last_prompt_hidden_1_H]
+    for b, completion in enumerate(completions):
+        parts = [last_B_H[b : b + 1]]
         if len(completion) > 1:
-            parts.append(rest_G_C_H[g, : len(completion) - 1])
+            parts.append(rest_B_C_H[b, : len(completion) - 1])
         hidden.append(torch.cat(parts, dim=0))
     return hidden
 
