@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from openrft import eval_cli, jobs_cli, sft_cli
+from openrft.cli_args import add_run_arguments
 from openrft.errors import RFTError
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -55,20 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(metavar="COMMAND")
 
     train = commands.add_parser("train", help="run an RL job from a TOML config, or resume one")
-    train.add_argument("config", nargs="?", help="job config (TOML)")
-    train.add_argument("--output", help="run directory (default: <output_dir>/<name>-<time>)")
-    train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
-    )
-    train.add_argument("--max-steps", type=int, help="override train.max_steps")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config field",
-    )
-    train.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
+    add_run_arguments(train)
     train.set_defaults(handler=cmd_train)
 
     demo = commands.add_parser(

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from openrft.cli_args import add_run_arguments
+
 EXIT_STOPPED = 75  # as `openrft train`: stopped on request after a checkpoint; resume later
 EXPORT_FORMATS = ("peft", "merged", "gguf")  # openrft.export.FORMATS
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # openrft.export.DTYPES
@@ -22,19 +24,12 @@ EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # openrft.export.DTYPES
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add `sft` and `export` to the `openrft` sub-command parser."""
     sft = commands.add_parser("sft", help="supervised fine-tuning on chat data, or resume a run")
-    sft.add_argument("config", nargs="?", help="job config (TOML)")
-    sft.add_argument("--output", help="run directory (default: <output_dir>/<name>-<time>)")
-    sft.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    sft.add_argument("--max-steps", type=int, help="override train.max_steps")
-    sft.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a field"
-    )
+    add_run_arguments(sft)
     sft.add_argument(
         "--from-reference",
         action="store_true",
         help="read RL prompt rows: each row's reference_answer becomes the assistant turn",
     )
-    sft.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
     sft.set_defaults(handler=cmd_sft)
 
     export = commands.add_parser(

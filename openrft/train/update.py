@@ -150,7 +150,7 @@ def sequence_logprobs(
     """Per-token log-probs and entropy of each row's completion, as (B, T) with a mask.
 
     Rows that share a prompt (a GRPO group) run the prompt through the model once; its KV
-    cache, with gradients flowing through it, is repeated for the completions. Only hidden
+    cache, with gradients flowing through it, serves each of their completions. Only hidden
     states that predict completion tokens reach the LM head, in chunks, so full-vocabulary
     logits for the batch never exist at once.
     """
