@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Request
 from openrft.api.views import iso, service_of
 from openrft.config import BEDROCK_ALIASES, BEDROCK_SECTION
 from openrft.errors import ConfigError
-from openrft.jobs.model import Job, JobError, JobStatus
+from openrft.jobs.model import Job, JobStatus, parse_status
 from openrft.jobs.service import JobService
 
 router = APIRouter(tags=["bedrock"])
@@ -107,7 +107,9 @@ def list_jobs(
     nextToken: str | None = None,  # noqa: N803
 ) -> dict[str, Any]:
     service = service_of(request)
-    jobs = service.store.list_jobs(_status(statusEquals) if statusEquals else None)
+    jobs = service.store.list_jobs(
+        parse_status(statusEquals, "statusEquals") if statusEquals else None
+    )
     if nameContains:
         jobs = [job for job in jobs if nameContains in job.name]
     start = int(nextToken) if nextToken and nextToken.isdigit() else 0
@@ -135,14 +137,6 @@ def stop_job(request: Request, job_identifier: str) -> dict[str, Any]:
 
 def _job_id(identifier: str) -> str:
     return identifier.rsplit("/", 1)[-1]  # the id, or an ARN ending in /<id>
-
-
-def _status(value: str) -> JobStatus:
-    try:
-        return JobStatus(value)
-    except ValueError as exc:
-        choices = ", ".join(s.value for s in JobStatus)
-        raise JobError(f"statusEquals {value!r} is not one of: {choices}", "statusEquals") from exc
 
 
 def _summary(job: Job, service: JobService) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from openrft.api.sse import metrics_stream
 from openrft.api.views import event_view, file_view, iso, job_view, service_of
 from openrft.errors import ConfigError
 from openrft.jobs import runfiles
-from openrft.jobs.model import JobError, JobStatus
+from openrft.jobs.model import JobError, parse_status
 
 router = APIRouter(prefix="/api", tags=["native"])
 
@@ -71,7 +71,7 @@ def create_job(request: Request, body: Annotated[dict[str, Any], Body()]) -> dic
 
 @router.get("/jobs")
 def list_jobs(request: Request, status: str | None = None) -> dict[str, Any]:
-    wanted = _status(status) if status else None
+    wanted = parse_status(status, "status") if status else None
     service = service_of(request)
     return {"data": [job_view(job, service) for job in service.store.list_jobs(wanted)]}
 
@@ -165,11 +165,3 @@ def run_file(request: Request, job_id: str, path: str, offset: int | None = None
         f.seek(offset)
         content = f.read()
     return Response(content, media_type="application/octet-stream")
-
-
-def _status(value: str) -> JobStatus:
-    try:
-        return JobStatus(value)
-    except ValueError as exc:
-        choices = ", ".join(s.value for s in JobStatus)
-        raise JobError(f"status {value!r} is not one of: {choices}", "status") from exc

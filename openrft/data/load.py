@@ -108,27 +108,27 @@ def validate_line(text: str, file: str, line: int) -> tuple[Example | None, list
     return example, []
 
 
-def message_list_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
-    """(field, message) for a row's `messages`: present, a non-empty list, each turn an object
-    with a known role and text content. Shared by the RL and SFT row validators."""
+def message_list_problems(row: dict[str, Any]) -> tuple[list[tuple[str, str]], list[Any]]:
+    """(problems, messages) for a row's `messages`: present, a non-empty list, each turn an
+    object with a known role and text content. `messages` is empty when there is no list to
+    check further. Shared by the RL and SFT row validators."""
     if "messages" not in row:
-        return [("messages", "missing; every row needs a list of chat messages")]
+        return [("messages", "missing; every row needs a list of chat messages")], []
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
         got = _json_type(messages) if not isinstance(messages, list) else "an empty list"
-        return [("messages", f"must be a non-empty list of messages, got {got}")]
+        return [("messages", f"must be a non-empty list of messages, got {got}")], []
     problems: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
         problems += _turn_problems(f"messages[{i}]", message)
-    return problems
+    return problems, messages
 
 
 def _message_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, message) for everything wrong with `messages` and its turns."""
-    problems = message_list_problems(row)
-    if "messages" not in row or not isinstance(row["messages"], list) or not row["messages"]:
+    problems, messages = message_list_problems(row)
+    if not messages:
         return problems
-    messages = row["messages"]
     last = messages[-1]
     if isinstance(last, dict) and last.get("role") == "assistant":
         problems.append(

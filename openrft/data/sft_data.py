@@ -137,10 +137,9 @@ def reference_line(text: str, file: str, line: int) -> tuple[Conversation | None
 
 def _conversation_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, message) for everything wrong with an SFT row's `messages`."""
-    problems = message_list_problems(row)
-    if "messages" not in row or not isinstance(row["messages"], list) or not row["messages"]:
+    problems, messages = message_list_problems(row)
+    if not messages:
         return problems
-    messages = row["messages"]
     for i, message in enumerate(messages):
         if isinstance(message, dict) and "weight" in message:
             problems += _weight_problems(f"messages[{i}]", message)

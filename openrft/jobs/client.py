@@ -20,7 +20,7 @@ from rich.table import Table
 
 from openrft.config import apply_override
 from openrft.errors import ConfigError, RFTError
-from openrft.jobs.model import GRADER_FILE_FIELDS
+from openrft.jobs.model import rewrite_grader_files
 from openrft.jobs.service import default_data_dir
 from openrft.rewards.spec import load_grader_file
 
@@ -155,27 +155,22 @@ def _inline_grader(
     too) uploaded and replaced by `file-<id>[:function]`."""
     spec = load_grader_file(path)
 
-    def walk(node: Any, where: str) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for key, value in list(items):
-            field = f"{where}.{key}"
-            if isinstance(value, dict | list):
-                walk(value, field)
-            elif key in GRADER_FILE_FIELDS and isinstance(value, str):
-                file_part, function = value, ""
-                if key == "function":
-                    file_part, _, name = value.rpartition(":")
-                    function = f":{name}"
-                    if not file_part.endswith(".py"):
-                        continue  # package.module:function lives on the server
-                local = Path(file_part).expanduser()
-                local = local if local.is_absolute() else path.parent / local
-                if local.is_file():
-                    file_id = client.upload(local)
-                    node[key] = f"{file_id}{function}"
-                    uploaded.append((field, local, file_id))
+    def upload(field: str, key: str, value: str) -> str | None:
+        file_part, function = value, ""
+        if key == "function":
+            file_part, _, name = value.rpartition(":")
+            function = f":{name}"
+            if not file_part.endswith(".py"):
+                return None  # package.module:function lives on the server
+        local = Path(file_part).expanduser()
+        local = local if local.is_absolute() else path.parent / local
+        if not local.is_file():
+            return None
+        file_id = client.upload(local)
+        uploaded.append((field, local, file_id))
+        return f"{file_id}{function}"
 
-    walk(spec, "reward.grader")
+    rewrite_grader_files(spec, upload)
     return spec
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -137,9 +138,34 @@ def new_job_id() -> str:
     return f"job-{secrets.token_hex(6)}"
 
 
+def parse_status(value: str, param: str) -> JobStatus:
+    """A status filter from a request; JobError naming `param` and the choices otherwise."""
+    try:
+        return JobStatus(value)
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in JobStatus)
+        raise JobError(f"{param} {value!r} is not one of: {choices}", param) from exc
+
+
 # Grader-spec fields that name files beside the grader file (python_function's `function`,
 # json's `schema_file`): `jobs create` uploads them, the server resolves their file ids.
 GRADER_FILE_FIELDS = ("function", "schema_file")
+
+
+def rewrite_grader_files(
+    spec: Any, rewrite: Callable[[str, str, str], str | None], where: str = "reward.grader"
+) -> None:
+    """Calls `rewrite(field path, key, value)` for every GRADER_FILE_FIELDS string in a grader
+    spec, nested graders included, and stores what it returns in place (None: unchanged)."""
+    items = spec.items() if isinstance(spec, dict) else enumerate(spec)
+    for key, value in list(items):
+        field = f"{where}.{key}"
+        if isinstance(value, dict | list):
+            rewrite_grader_files(value, rewrite, field)
+        elif key in GRADER_FILE_FIELDS and isinstance(value, str):
+            new = rewrite(field, key, value)
+            if new is not None:
+                spec[key] = new
 
 
 def new_file_id() -> str:

@@ -23,7 +23,6 @@ from openrft.config import JobConfig, config_from_dict, config_to_dict, dump_con
 from openrft.errors import ConfigError
 from openrft.jobs.model import (
     ACTIVE,
-    GRADER_FILE_FIELDS,
     FileRecord,
     Job,
     JobConflict,
@@ -32,6 +31,7 @@ from openrft.jobs.model import (
     JobStatus,
     new_file_id,
     new_job_id,
+    rewrite_grader_files,
 )
 from openrft.jobs.runner import Runner
 from openrft.jobs.store import Store
@@ -143,7 +143,7 @@ class JobService:
             if isinstance(value, str) and FILE_REFERENCE.match(value.strip()):
                 table[key] = self._file_reference(f"{section}.{key}", value.strip())
             elif isinstance(value, dict):  # an inline grader table naming uploaded files
-                self._resolve_grader_files(value, f"{section}.{key}")
+                rewrite_grader_files(value, self._grader_file_reference, f"{section}.{key}")
         config = config_from_dict(raw)
         for section, key in DATA_FIELDS:
             value = getattr(getattr(config, section), key)
@@ -151,17 +151,11 @@ class JobService:
                 raise ConfigError(f"{section}.{key}", f"no such file on the server: {value}")
         return config
 
-    def _resolve_grader_files(self, node: Any, where: str) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for key, value in list(items):
-            if isinstance(value, dict | list):
-                self._resolve_grader_files(value, f"{where}.{key}")
-            elif (
-                key in GRADER_FILE_FIELDS
-                and isinstance(value, str)
-                and FILE_REFERENCE.match(value.strip())
-            ):
-                node[key] = self._file_reference(f"{where}.{key}", value.strip())
+    def _grader_file_reference(self, field: str, _key: str, value: str) -> str | None:
+        """An uploaded file named inside an inline grader table, as its server path."""
+        if not FILE_REFERENCE.match(value.strip()):
+            return None
+        return self._file_reference(field, value.strip())
 
     def _file_reference(self, field: str, reference: str) -> str:
         match = FILE_REFERENCE.match(reference)

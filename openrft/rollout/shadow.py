@@ -38,15 +38,14 @@ class ShadowModel:
     def sync(self, policy: nn.Module) -> None:
         """Copy the policy's current weights (base + scale * B @ A for LoRA layers) over."""
         lora_weights: set[str] = set()
-        for name, module in policy.named_modules():
-            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
-                adapters = [a for a in module.active_adapters if a in module.lora_A]
-                weight = module.base_layer.weight.detach().float()
-                for adapter in adapters:
-                    weight = weight + module.get_delta_weight(adapter).float()
-                target = _plain_name(name) + ".weight"
-                self._targets[target].copy_(weight)
-                lora_weights.add(target)
+        for name, module in _lora_layers(policy):
+            adapters = [a for a in module.active_adapters if a in module.lora_A]
+            weight = module.base_layer.weight.detach().float()
+            for adapter in adapters:
+                weight = weight + module.get_delta_weight(adapter).float()
+            target = _plain_name(name) + ".weight"
+            self._targets[target].copy_(weight)
+            lora_weights.add(target)
         for name, parameter in policy.named_parameters():
             plain = _plain_name(name).replace(".base_layer.", ".")
             if "lora_" in name or plain in lora_weights or plain not in self._targets:
@@ -60,6 +59,15 @@ def _plain_name(name: str) -> str:
     return name.removeprefix(LORA_PREFIX)
 
 
+def _lora_layers(policy: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every peft LoRA-wrapped layer: those with a base layer and a delta."""
+    return [
+        (name, module)
+        for name, module in policy.named_modules()
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")
+    ]
+
+
 class _without_lora:
     """Temporarily swap peft's LoRA-wrapped linears for their base layers (for the deep copy)."""
 
@@ -67,12 +75,11 @@ class _without_lora:
         self.policy, self.swapped = policy, []
 
     def __enter__(self) -> None:
-        for name, module in list(self.policy.named_modules()):
-            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
-                parent_name, _, child = name.rpartition(".")
-                parent = self.policy.get_submodule(parent_name)
-                setattr(parent, child, module.base_layer)
-                self.swapped.append((parent, child, module))
+        for name, module in _lora_layers(self.policy):
+            parent_name, _, child = name.rpartition(".")
+            parent = self.policy.get_submodule(parent_name)
+            setattr(parent, child, module.base_layer)
+            self.swapped.append((parent, child, module))
 
     def __exit__(self, *_: object) -> None:
         for parent, child, module in self.swapped:
