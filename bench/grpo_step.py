@@ -74,6 +74,8 @@ def run_openrft(steps: int, extra: tuple[str, ...] = ()) -> dict:
     records = [json.loads(line) for line in lines][1:]  # step 0 is the validation line
     return {
         "step_s": [r["time/step_s"] for r in records],
+        "rollout_s": [r["time/rollout_s"] for r in records],
+        "update_s": [r["time/update_s"] for r in records],
         "completion_tokens": [r["completion/length_mean"] * PROMPTS * GROUP for r in records],
         "reward": [r["reward/mean"] for r in records],
     }

@@ -149,25 +149,29 @@ def sequence_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs and entropy of each row's completion, as (B, T) with a mask.
 
-    Rows that share a prompt (a GRPO group) run the prompt through the model once; its KV
-    cache, with gradients flowing through it, serves each of their completions. Only hidden
-    states that predict completion tokens reach the LM head, in chunks, so full-vocabulary
-    logits for the batch never exist at once.
+    Rows that share a prompt (a GRPO group) are packed into one sequence, the prompt once and
+    its completions after it, so the prompt is computed once for the group and gradients from
+    every completion flow through it (see `pack_groups`). Only hidden states that predict
+    completion tokens reach the LM head, in chunks, so full-vocabulary logits for the batch
+    never exist at once.
     """
     device = next(causal_lm.parameters()).device
-    width = max(len(r.token_ids) - r.prompt_length for r in rows)
-    prompt_index: dict[tuple[int, ...], int] = {}
-    prompt_of_row = [
-        prompt_index.setdefault(r.token_ids[: r.prompt_length], len(prompt_index)) for r in rows
-    ]
-    completions = [r.token_ids[r.prompt_length :] for r in rows]
-    hidden_rows = _shared_prompt_hidden(
-        causal_lm, list(prompt_index), prompt_of_row, completions, device
-    )
+    packed = pack_groups(rows)
+    dtype = next(causal_lm.parameters()).dtype
+    blocked = torch.finfo(dtype).min  # additive mask: eager and SDPA attention both take it
+    mask_U_1_S_S = torch.zeros(packed.allowed_U_S_S.shape, dtype=dtype, device=device)
+    mask_U_1_S_S = mask_U_1_S_S.masked_fill(~packed.allowed_U_S_S.to(device), blocked)[:, None]
+    hidden_U_S_H = causal_lm.get_decoder()(
+        input_ids=packed.ids_U_S.to(device),
+        position_ids=packed.positions_U_S.to(device),
+        attention_mask=mask_U_1_S_S,
+    ).last_hidden_state
+    hidden_N_H = hidden_U_S_H.flatten(0, 1)[packed.predictor_N.to(device)]
 
+    completions = [r.token_ids[r.prompt_length :] for r in rows]
+    width = max(len(c) for c in completions)
     lengths_B = torch.tensor([len(c) for c in completions], device=device)
     mask_B_T = (torch.arange(width, device=device)[None, :] < lengths_B[:, None]).float()
-    hidden_N_H = torch.cat(hidden_rows, dim=0)
     targets_N = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
     head = causal_lm.get_output_embeddings()
     logprobs_N, entropy_N = token_logprobs_and_entropy(
@@ -182,58 +186,73 @@ def sequence_logprobs(
     return logprobs_B_T, entropy_B_T, mask_B_T
 
 
-def _shared_prompt_hidden(
-    causal_lm: torch.nn.Module,
-    prompts: list[tuple[int, ...]],
-    prompt_of_row: list[int],
-    completions: list[tuple[int, ...]],
-    device: torch.device,
-) -> list[torch.Tensor]:
-    """For each row, the (length, H) hidden states that predict its completion's tokens.
+@dataclass(frozen=True)
+class PackedGroups:
+    """U sequences, one per distinct prompt: the prompt, then each of its rows' completions
+    (without their last token, which predicts nothing), right-padded to a common length S."""
 
-    Two forward passes for the whole micro-batch, whatever its number of groups: the U
-    distinct prompts together, right-padded (causal attention keeps the padding out of the
-    real positions, so no mask is needed and no row is fully masked); then every completion
-    at once on its prompt's KV cache rows (selected per row, gradients flowing through them),
-    with a mask that hides the prompt padding from the completion tokens.
+    ids_U_S: torch.Tensor  # token ids (0 in the padding)
+    positions_U_S: torch.Tensor  # position ids: a completion restarts where its prompt ends
+    allowed_U_S_S: torch.Tensor  # allowed[u, query, key]: the attention each token may do
+    predictor_N: torch.Tensor  # flat (u * S + s) index of the state predicting each target
+
+
+# Segment ids in the packing: the prompt, padding, or (>= 0) the row a completion token is of.
+PROMPT_SEGMENT, PADDING_SEGMENT = -1, -2
+
+
+def pack_groups(rows: list[TrainRow]) -> PackedGroups:
+    """Lay out rows sharing a prompt as one sequence for a single forward pass.
+
+    A completion token attends to its prompt and to the tokens of its own completion before
+    it; a prompt token attends causally within the prompt. Positions restart at the prompt
+    length for every completion, so each token sees exactly what it saw when it was sampled
+    and its log-prob equals a plain forward of prompt + completion. Targets are listed row by
+    row: row b's completion token j is predicted by the state before it (the prompt's last
+    token for j = 0). Padding is a segment of its own: no real token attends to it, and it
+    attends at least to itself, so no softmax row is empty.
     """
-    decoder = causal_lm.get_decoder()
-    prompt_lengths_U = torch.tensor([len(p) for p in prompts], device=device)
-    longest = int(prompt_lengths_U.max())
-    ids_U_P = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
-    for u, prompt in enumerate(prompts):
-        ids_U_P[u, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-    out = decoder(input_ids=ids_U_P, use_cache=True)
-    rows_B = torch.tensor(prompt_of_row, device=device)
-    # The last real prompt position predicts each completion's first token.
-    last_B_H = out.last_hidden_state[rows_B, prompt_lengths_U[rows_B] - 1]
-    width = max(len(c) for c in completions)
-    if width > 1:
-        cache = out.past_key_values
-        cache.batch_select_indices(rows_B)  # each row's prompt cache (repeats allowed)
-        ids_B_C = torch.zeros((len(completions), width - 1), dtype=torch.long, device=device)
-        for b, completion in enumerate(completions):
-            ids_B_C[b, : len(completion) - 1] = torch.tensor(completion[:-1], dtype=torch.long)
-        starts_B_1 = prompt_lengths_U[rows_B][:, None]
-        positions_B_C = starts_B_1 + torch.arange(width - 1, device=device)[None, :]
-        prompt_mask_B_P = torch.arange(longest, device=device)[None, :] < starts_B_1
-        attention_B_L = torch.cat(
-            [prompt_mask_B_P.long(), torch.ones_like(ids_B_C)], dim=1
-        )  # completion padding sits after every real token: causality keeps it out
-        rest_B_C_H = decoder(
-            input_ids=ids_B_C,
-            position_ids=positions_B_C,
-            attention_mask=attention_B_L,
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state
-    hidden = []
-    for b, completion in enumerate(completions):
-        parts = [last_B_H[b : b + 1]]
-        if len(completion) > 1:
-            parts.append(rest_B_C_H[b, : len(completion) - 1])
-        hidden.append(torch.cat(parts, dim=0))
-    return hidden
+    prompt_rows: dict[tuple[int, ...], list[int]] = {}
+    for b, row in enumerate(rows):
+        prompt_rows.setdefault(row.token_ids[: row.prompt_length], []).append(b)
+    layouts = []  # per prompt: (token ids, positions, segments)
+    predictor: dict[int, list[int]] = {}  # row -> packed indices, before the u * S offset
+    for prompt, members in prompt_rows.items():
+        ids, positions, segments = (
+            list(prompt),
+            list(range(len(prompt))),
+            [PROMPT_SEGMENT] * len(prompt),
+        )
+        for b in members:
+            completion = rows[b].token_ids[rows[b].prompt_length :]
+            start = len(ids)
+            predictor[b] = [len(prompt) - 1] + list(range(start, start + len(completion) - 1))
+            ids.extend(completion[:-1])
+            positions.extend(range(len(prompt), len(prompt) + len(completion) - 1))
+            segments.extend([b] * (len(completion) - 1))
+        layouts.append((ids, positions, segments, members))
+    length = max(len(ids) for ids, *_ in layouts)
+    ids_U_S = torch.zeros((len(layouts), length), dtype=torch.long)
+    positions_U_S = torch.zeros((len(layouts), length), dtype=torch.long)
+    segments_U_S = torch.full((len(layouts), length), PADDING_SEGMENT, dtype=torch.long)
+    offset_of_row = {}
+    for u, (ids, positions, segments, members) in enumerate(layouts):
+        ids_U_S[u, : len(ids)] = torch.tensor(ids)
+        positions_U_S[u, : len(ids)] = torch.tensor(positions)
+        segments_U_S[u, : len(ids)] = torch.tensor(segments)
+        offset_of_row.update({b: u * length for b in members})
+    query_1_S_1 = torch.arange(length)[None, :, None]
+    key_1_1_S = torch.arange(length)[None, None, :]
+    key_segment_U_1_S = segments_U_S[:, None, :]
+    query_segment_U_S_1 = segments_U_S[:, :, None]
+    same_or_prompt = (key_segment_U_1_S == PROMPT_SEGMENT) | (
+        key_segment_U_1_S == query_segment_U_S_1
+    )
+    allowed_U_S_S = (key_1_1_S <= query_1_S_1) & same_or_prompt
+    predictor_N = torch.tensor(
+        [offset_of_row[b] + i for b in range(len(rows)) for i in predictor[b]], dtype=torch.long
+    )
+    return PackedGroups(ids_U_S, positions_U_S, allowed_U_S_S, predictor_N)
 
 
 @torch.no_grad()
