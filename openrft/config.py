@@ -65,6 +65,7 @@ class RolloutConfig:
     stop: tuple[str, ...] = ()  # extra stop strings (the end-of-turn token always stops)
     batch_size: int = 64  # sequences generated together
     dtype: Literal["model", "bfloat16"] = "model"  # sample from the policy, or a merged bf16 copy
+    decoder: Literal["auto", "compact", "transformers"] = "auto"  # auto: compact for Llama/Qwen2
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,29 @@ prefilled once and its KV cache shared by its G samples; finished sequences leav
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from openrft.rollout.compact import CompactDecoder, unsupported_reason
 from openrft.rollout.kv_cache import decoding_cache
 from openrft.rollout.sampling import sample_next_tokens
 from openrft.rollout.shadow import ShadowModel
 from openrft.types import Completion, FinishReason, SamplingParams
 
+DecoderChoice = Literal["auto", "compact", "transformers"]
+
 
 class HFEngine:
-    """Samples from a live transformers model: the trainer's own (weights shared), or, with
-    `sample_dtype`, a copy in that dtype with LoRA merged (openrft.rollout.shadow), re-synced
-    by `sync_weights` after each update."""
+    """Samples from a live transformers model, re-synced by `sync_weights` after each update.
+
+    `decoder` picks how tokens are computed: "compact" (openrft.rollout.compact: fused weights
+    with LoRA merged, in `sample_dtype` or the model's dtype; Llama and Qwen2 models),
+    "transformers" (the model's own forward: the trainer's model itself, or with `sample_dtype`
+    a merged copy in that dtype, openrft.rollout.shadow), or "auto": compact where supported.
+    """
 
     def __init__(
         self,
@@ -30,22 +38,36 @@ class HFEngine:
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 64,
         sample_dtype: torch.dtype | None = None,
+        decoder: DecoderChoice = "auto",
     ):
-        self.shadow = None
-        lora = hasattr(model, "peft_config")  # a merged copy also drops the LoRA side branches
-        if sample_dtype is not None and (lora or sample_dtype != next(model.parameters()).dtype):
-            self.shadow = ShadowModel(model, sample_dtype)
-        self.model = self.shadow.model if self.shadow is not None else model
         self.tokenizer = tokenizer
         self.batch_size = batch_size  # sequences decoded together
         self.end_token_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.shadow = None
+        reason = unsupported_reason(model) if decoder != "transformers" else "not asked for"
+        if decoder == "compact" and reason is not None:
+            raise ValueError(f"rollout.decoder = 'compact': {reason}")
+        if reason is None:
+            dtype = sample_dtype or next(model.parameters()).dtype
+            self.decoder: CompactDecoder | TransformersDecoder = CompactDecoder(
+                model, dtype, packed_rows=batch_size
+            )
+            self.model = None  # the compact decoder holds its own weights
+            return
+        lora = hasattr(model, "peft_config")  # a merged copy also drops the LoRA side branches
+        if sample_dtype is not None and (lora or sample_dtype != next(model.parameters()).dtype):
+            self.shadow = ShadowModel(model, sample_dtype)
+        self.model = self.shadow.model if self.shadow is not None else model
+        self.decoder = TransformersDecoder(self.model)
 
     def sync_weights(self, policy: nn.Module) -> None:
-        if self.shadow is not None:
+        if isinstance(self.decoder, CompactDecoder):
+            self.decoder.sync(policy)  # merge and fuse the updated weights
+        elif self.shadow is not None:
             self.shadow.sync(policy)  # copy the updated weights into the sampling copy
         else:
-            self.model = policy  # same object, same weights: nothing to copy
+            self.model = self.decoder.model = policy  # same weights: nothing to copy
 
     @torch.no_grad()
     def generate(
@@ -53,8 +75,9 @@ class HFEngine:
     ) -> list[list[Completion]]:
         generator = torch.Generator(device=self._device()).manual_seed(params.seed)
         prompts_per_chunk = max(1, self.batch_size // params.n)
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self.model.training if self.model is not None else False
+        if self.model is not None:
+            self.model.eval()
         try:
             results: list[list[Completion]] = []
             for start in range(0, len(prompts), prompts_per_chunk):
@@ -62,7 +85,8 @@ class HFEngine:
                 results.extend(self._generate_chunk(chunk, params, generator))
             return results
         finally:
-            self.model.train(was_training)
+            if self.model is not None:
+                self.model.train(was_training)
 
     def _generate_chunk(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator
@@ -70,20 +94,11 @@ class HFEngine:
         device = self._device()
         input_ids_P_L, attention_P_L = left_pad(prompts, self.pad_id, device)
         positions_P_L = (attention_P_L.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids_P_L,
-            attention_mask=attention_P_L,
-            position_ids=positions_P_L,
-            past_key_values=decoding_cache(),  # written in place, not re-concatenated per token
-            use_cache=True,
-            logits_to_keep=1,
-        )
         # Share the prompt computation: one prefill per prompt, its cache repeated G times.
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(params.n)
-        logits_B_V = out.logits[:, -1, :].repeat_interleave(params.n, dim=0)
-        attention_B_L = attention_P_L.repeat_interleave(params.n, dim=0)
-        next_position_B_1 = positions_P_L[:, -1:].repeat_interleave(params.n, dim=0) + 1
+        logits_B_V = self.decoder.prefill(
+            input_ids_P_L, attention_P_L, positions_P_L, params.n, room=params.max_new_tokens
+        )
+        next_position_B = positions_P_L[:, -1].repeat_interleave(params.n, dim=0) + 1
 
         total = len(prompts) * params.n
         tokens: list[list[int]] = [[] for _ in range(total)]
@@ -95,6 +110,8 @@ class HFEngine:
             )
             keep_rows = []
             for row, (seq, token) in enumerate(zip(active, next_B.tolist(), strict=True)):
+                if finished[seq] is not None:  # finished earlier, still in the batch: ignored
+                    continue
                 tokens[seq].append(token)
                 if token in self.end_token_ids or self._hit_stop_string(tokens[seq], params):
                     finished[seq] = "stop"
@@ -102,24 +119,13 @@ class HFEngine:
                     keep_rows.append(row)
             if not keep_rows or len(tokens[active[keep_rows[0]]]) >= params.max_new_tokens:
                 break
-            if len(keep_rows) < len(active):  # drop finished sequences from the batch
+            if self.decoder.drop_finished(len(active), len(keep_rows)):
                 index = torch.tensor(keep_rows, device=device)
-                cache.batch_select_indices(index)
-                attention_B_L, next_position_B_1 = attention_B_L[index], next_position_B_1[index]
-                next_B = next_B[index]
+                self.decoder.keep(index)
+                next_position_B, next_B = next_position_B[index], next_B[index]
                 active = [active[row] for row in keep_rows]
-            attention_B_L = torch.cat(
-                [attention_B_L, attention_B_L.new_ones(len(active), 1)], dim=1
-            )
-            out = self.model(
-                input_ids=next_B[:, None],
-                attention_mask=attention_B_L,
-                position_ids=next_position_B_1,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits_B_V = out.logits[:, -1, :]
-            next_position_B_1 = next_position_B_1 + 1
+            logits_B_V = self.decoder.step(next_B, next_position_B)
+            next_position_B = next_position_B + 1
 
         completions = [
             self._completion(tokens[i], finished[i] or "length", params) for i in range(total)
@@ -145,7 +151,58 @@ class HFEngine:
         return Completion(token_ids=tuple(token_ids), text=text, finish_reason=reason)
 
     def _device(self) -> torch.device:
+        if isinstance(self.decoder, CompactDecoder):
+            return self.decoder.device
         return next(self.model.parameters()).device
+
+
+class TransformersDecoder:
+    """Decoding through a transformers model's own forward pass: any architecture. Same
+    interface as CompactDecoder (prefill, step, keep) for one chunk at a time."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def prefill(
+        self,
+        input_ids_P_L: torch.Tensor,
+        attention_P_L: torch.Tensor,
+        positions_P_L: torch.Tensor,
+        repeats: int,
+        room: int,
+    ) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids_P_L,
+            attention_mask=attention_P_L,
+            position_ids=positions_P_L,
+            past_key_values=decoding_cache(),  # written in place, not re-concatenated per token
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = out.past_key_values
+        self.cache.batch_repeat_interleave(repeats)
+        self.attention_B_L = attention_P_L.repeat_interleave(repeats, dim=0)
+        return out.logits[:, -1, :].repeat_interleave(repeats, dim=0)
+
+    def step(self, tokens_B: torch.Tensor, positions_B: torch.Tensor) -> torch.Tensor:
+        self.attention_B_L = torch.cat(
+            [self.attention_B_L, self.attention_B_L.new_ones(len(tokens_B), 1)], dim=1
+        )
+        out = self.model(
+            input_ids=tokens_B[:, None],
+            attention_mask=self.attention_B_L,
+            position_ids=positions_B[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1, :]
+
+    def drop_finished(self, batch: int, live: int) -> bool:
+        return live < batch  # always: a smaller batch is cheaper through this forward
+
+    def keep(self, rows_B: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows_B)
+        self.attention_B_L = self.attention_B_L[rows_B]
 
 
 def left_pad(

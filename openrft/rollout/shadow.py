@@ -13,6 +13,7 @@ small sampler/trainer mismatch (the trainer recomputes every log-prob in float32
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -37,22 +38,34 @@ class ShadowModel:
     @torch.no_grad()
     def sync(self, policy: nn.Module) -> None:
         """Copy the policy's current weights (base + scale * B @ A for LoRA layers) over."""
-        lora_weights: set[str] = set()
-        for name, module in _lora_layers(policy):
-            adapters = [a for a in module.active_adapters if a in module.lora_A]
-            weight = module.base_layer.weight.detach().float()
-            for adapter in adapters:
-                weight = weight + module.get_delta_weight(adapter).float()
-            target = _plain_name(name) + ".weight"
-            self._targets[target].copy_(weight)
-            lora_weights.add(target)
-        for name, parameter in policy.named_parameters():
-            plain = _plain_name(name).replace(".base_layer.", ".")
-            if "lora_" in name or plain in lora_weights or plain not in self._targets:
-                continue
-            if parameter.requires_grad or not self._synced_once:  # frozen ones never change
-                self._targets[plain].copy_(parameter.detach())
+        for name, weight, changes in current_weights(policy):
+            if name in self._targets and (changes or not self._synced_once):
+                self._targets[name].copy_(weight)
         self._synced_once = True
+
+
+@torch.no_grad()
+def current_weights(policy: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """(plain model name, current tensor, whether it can change between syncs) for every
+    parameter of `policy`: a LoRA-wrapped layer's weight comes merged (base + scale * B @ A,
+    computed in float32 or wider for each call), everything else is the parameter itself, detached.
+    Names are those of the plain transformers model, without peft's wrapper prefixes."""
+    merged: set[str] = set()
+    for name, module in _lora_layers(policy):
+        adapters = [a for a in module.active_adapters if a in module.lora_A]
+        base = module.base_layer.weight.detach()
+        dtype = torch.promote_types(base.dtype, torch.float32)  # bf16 bases merge in float32
+        weight = base.to(dtype)
+        for adapter in adapters:
+            weight = weight + module.get_delta_weight(adapter).to(dtype)
+        target = _plain_name(name) + ".weight"
+        merged.add(target)
+        yield target, weight, True
+    for name, parameter in policy.named_parameters():
+        plain = _plain_name(name).replace(".base_layer.", ".")
+        if "lora_" in name or plain in merged:
+            continue
+        yield plain, parameter.detach(), parameter.requires_grad
 
 
 def _plain_name(name: str) -> str:

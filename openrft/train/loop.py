@@ -89,7 +89,13 @@ def train(
         build_grader(config.reward.grader, config.reward.timeout_s), config.reward.batch_timeout_s
     )
     sample_dtype = torch.bfloat16 if config.rollout.dtype == "bfloat16" else None
-    engine = HFEngine(policy.model, policy.tokenizer, config.rollout.batch_size, sample_dtype)
+    engine = HFEngine(
+        policy.model,
+        policy.tokenizer,
+        config.rollout.batch_size,
+        sample_dtype,
+        decoder=config.rollout.decoder,
+    )
     steps = total_steps(config, len(data.train))
     passes = config.algo.update_epochs * config.train.mini_batches
     optimizer, scheduler = build_optimizer(

@@ -1,5 +1,6 @@
-"""The transformers rollout engine on the tiny Llama: groups, greedy parity with
-`model.generate`, left padding, caps, seeds, chunking, stop strings and end-of-turn ids."""
+"""The transformers rollout engine on the tiny Llama, with each decoder: groups, greedy
+parity with `model.generate`, left padding, caps, seeds, chunking, stop strings and
+end-of-turn ids."""
 
 from __future__ import annotations
 
@@ -49,10 +50,11 @@ def loaded(tiny_model_dir):
     return _reinit(model).eval(), tokenizer
 
 
-@pytest.fixture(scope="module")
-def engine(loaded) -> HFEngine:
+@pytest.fixture(scope="module", params=["compact", "transformers"])
+def engine(loaded, request) -> HFEngine:
+    """Every engine test runs with both decoders: the same contract, the same tokens."""
     model, tokenizer = loaded
-    return HFEngine(model, tokenizer, batch_size=64)
+    return HFEngine(model, tokenizer, batch_size=64, decoder=request.param)
 
 
 @pytest.fixture(scope="module")

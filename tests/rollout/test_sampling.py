@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from openrft.rollout.sampling import sample_next_tokens
+from openrft.rollout.sampling import block_size, sample_from_weights, sample_next_tokens
 
 VOCAB = 50
 DRAWS = 2000
@@ -143,3 +143,18 @@ def test_top_p_zero_keeps_the_top_token():
     logits = _logits(rows=4)
     tokens = sample_next_tokens(logits, 1.0, top_p=0.0, generator=_gen())
     assert torch.equal(tokens, logits.argmax(dim=-1))
+
+
+def test_block_sizes_divide_the_vocabulary():
+    assert [block_size(v) for v in (49152, 151936, 50, 7, 4096)] == [1024, 128, 2, 1, 1024]
+
+
+def test_two_level_draws_follow_the_weights_and_skip_zero_weights():
+    """Blocks of 4 entries (V = 12): an all-zero block and zero entries are never drawn, and
+    frequencies match the weights across and within blocks."""
+    assert block_size(12) == 4
+    weights = torch.tensor([[4.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]])
+    draws = sample_from_weights(weights.expand(20000, -1).contiguous(), _gen(3))
+    frequencies = torch.bincount(draws, minlength=12).float() / 20000
+    torch.testing.assert_close(frequencies, weights[0] / weights.sum(), atol=0.015, rtol=0)
+    assert set(draws.tolist()) == {0, 2, 3, 8, 11}

@@ -1,0 +1,409 @@
+"""A lean decode path for Llama-family models (Llama, SmolLM, Qwen2): the rollout engine's
+default where the architecture allows it.
+
+At rollout batch sizes the transformers forward spends a third of each decoding step outside
+its matrix multiplies (measured on SmolLM2-135M, fp32, batch 64: 171 ms a step of which 108
+ms are matmuls): dozens of small ops per layer, separate q/k/v and gate/up projections, and a
+flash-attention kernel that is slow for a single query. This module keeps its own copy of the
+weights with q/k/v and gate/up fused into one matrix each and LoRA merged in, a KV cache
+allocated once per chunk at its final size, and a plain two-matmul attention for one query
+token. It computes what the transformers model computes (tests/rollout/test_compact.py checks
+logits and greedy generations against it) and is re-synced from the policy after each update.
+
+    decoder = CompactDecoder(policy, torch.float32)   # once; its own fused weight copy
+    logits_B_V = decoder.prefill(ids_P_L, attention_P_L, positions_P_L, repeats=G, room=64)
+    logits_B_V = decoder.step(next_B, positions_B)     # one token per row
+    decoder.keep(rows)                                 # drop finished rows
+    decoder.sync(policy)                               # after each optimizer step
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openrft.rollout.shadow import current_weights
+
+SUPPORTED_TYPES = ("llama", "qwen2")  # config.model_type values this decoder implements
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why `model` (plain or peft-wrapped) cannot use the compact decoder, or None if it can."""
+    config = _plain(model).config
+    if config.model_type not in SUPPORTED_TYPES:
+        return f"model type {config.model_type!r} is not one of {', '.join(SUPPORTED_TYPES)}"
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        return f"rope type {rope.get('rope_type')!r} (only the default rotary embedding is)"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} (only silu is)"
+    if getattr(config, "mlp_bias", False) or getattr(config, "pretraining_tp", 1) != 1:
+        return "MLP biases or tensor-parallel pretraining slices"
+    if getattr(config, "use_sliding_window", False):
+        return "sliding-window attention"
+    return None
+
+
+class _Projection:
+    """`x @ weight_t`, with the weight also kept in MKL's packed form for one row count when
+    asked: a packed (in, out) matmul at 64 rows is ~25% faster than the plain one on this
+    CPU (bench/generate.py), and a decode batch has one row count most of the time."""
+
+    def __init__(self, weight_t: torch.Tensor):
+        self.weight_t = weight_t
+        self.packed: torch.Tensor | None = None
+        self.packed_rows = 0
+
+    def pack(self, rows: int) -> None:
+        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight_t.T, rows)
+        self.packed_rows = rows
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.numel() == self.packed_rows * x.shape[-1]:
+            return torch.ops.mkl._mkl_linear(
+                x, self.packed, self.weight_t.T, None, self.packed_rows
+            )
+        return x @ self.weight_t
+
+
+def can_pack(dtype: torch.dtype) -> bool:
+    """MKL's packed GEMM exists for float32 in x86 builds of torch."""
+    return (
+        dtype == torch.float32
+        and torch.backends.mkl.is_available()
+        and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+    )
+
+
+@dataclass
+class _Layer:
+    """One decoder layer's weights, each projection stored transposed, (in, out), because
+    `x @ W_t` on a contiguous (in, out) matrix is 2-4x faster than `F.linear(x, W)` for the
+    4-60 rows a shrinking decode batch has (MKL repacks a transposed operand on every call)."""
+
+    input_norm: torch.Tensor
+    qkv: _Projection  # (hidden, (q_heads + 2 * kv_heads) * head_dim): q, k, v fused
+    qkv_bias: torch.Tensor | None
+    out: _Projection
+    post_norm: torch.Tensor
+    gate_up: _Projection  # (hidden, 2 * intermediate): gate, then up
+    down: _Projection
+
+    def projections(self) -> tuple[_Projection, ...]:
+        return self.qkv, self.out, self.gate_up, self.down
+
+
+class CompactDecoder:
+    """Fused-weight decoding for one chunk of prompts at a time (prefill, step, keep)."""
+
+    def __init__(self, policy: nn.Module, dtype: torch.dtype, packed_rows: int = 0):
+        reason = unsupported_reason(policy)
+        if reason is not None:
+            raise ValueError(f"the compact decoder does not support this model: {reason}")
+        config = _plain(policy).config
+        self.dtype = dtype
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or getattr(
+            config, "rope_theta", 10_000.0
+        )
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+        self.inverse_frequency = 1.0 / (theta**exponents)
+        self.num_layers = config.num_hidden_layers
+        self.device = next(policy.parameters()).device
+        # Decode steps with this many rows use MKL-packed weights (0 or no MKL: never).
+        self.packed_rows = packed_rows if can_pack(dtype) and self.device.type == "cpu" else 0
+        self.head_packed: torch.Tensor | None = None
+        self._allocate(policy)
+        self.sync(policy)
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def _allocate(self, policy: nn.Module) -> None:
+        """Fused buffers for the projections; the others are filled in by sync()."""
+        shapes = {name: weight.shape for name, weight, _ in current_weights(policy)}
+        q_rows = self.heads * self.head_dim
+        kv_rows = self.kv_heads * self.head_dim
+        self._slots: dict[str, torch.Tensor] = {}  # plain parameter name -> where it goes
+        self.layers = []
+        for i in range(self.num_layers):
+            prefix = f"model.layers.{i}."
+            hidden = shapes[prefix + "self_attn.q_proj.weight"][1]
+            intermediate = shapes[prefix + "mlp.gate_proj.weight"][0]
+            qkv_t = self._empty(hidden, q_rows + 2 * kv_rows)
+            gate_up_t = self._empty(hidden, 2 * intermediate)
+            bias = None
+            if prefix + "self_attn.q_proj.bias" in shapes:
+                bias = self._empty(q_rows + 2 * kv_rows)
+                for name, part in zip("qkv", _split_rows(bias, q_rows, kv_rows), strict=True):
+                    self._slots[f"{prefix}self_attn.{name}_proj.bias"] = part
+            # A slot for a (out, in) weight is a transposed view into its (in, out) buffer.
+            for name, part in zip("qkv", _split_rows(qkv_t.T, q_rows, kv_rows), strict=True):
+                self._slots[f"{prefix}self_attn.{name}_proj.weight"] = part
+            self._slots[prefix + "mlp.gate_proj.weight"] = gate_up_t.T[:intermediate]
+            self._slots[prefix + "mlp.up_proj.weight"] = gate_up_t.T[intermediate:]
+            layer = _Layer(
+                input_norm=self._empty(hidden),
+                qkv=_Projection(qkv_t),
+                qkv_bias=bias,
+                out=_Projection(self._empty(q_rows, hidden)),
+                post_norm=self._empty(hidden),
+                gate_up=_Projection(gate_up_t),
+                down=_Projection(self._empty(intermediate, hidden)),
+            )
+            self._slots[prefix + "input_layernorm.weight"] = layer.input_norm
+            self._slots[prefix + "post_attention_layernorm.weight"] = layer.post_norm
+            self._slots[prefix + "self_attn.o_proj.weight"] = layer.out.weight_t.T
+            self._slots[prefix + "mlp.down_proj.weight"] = layer.down.weight_t.T
+            self.layers.append(layer)
+        self.tied = "lm_head.weight" not in shapes  # tied weights are listed once
+        self._plain_names = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+        self._synced_once = False
+
+    def _empty(self, *shape: int) -> torch.Tensor:
+        return torch.empty(shape, dtype=self.dtype, device=self.device)
+
+    @torch.no_grad()
+    def sync(self, policy: nn.Module) -> None:
+        """Take the policy's current weights (LoRA merged). Unfused weights already in this
+        dtype are held by reference, so the optimizer's in-place updates reach them; packed
+        forms are rebuilt for what changed."""
+        changed: set[str] = set()
+        for name, weight, changes in current_weights(policy):
+            if not (changes or not self._synced_once):
+                continue
+            if name in self._slots:
+                self._slots[name].copy_(weight)
+            elif name in self._plain_names:
+                setattr(self, _attribute(name), weight.to(self.dtype))
+            changed.add(name)
+        if self.tied:
+            self.lm_head = self.embed
+        if self.packed_rows:
+            for layer_index, layer in enumerate(self.layers):
+                prefix = f"model.layers.{layer_index}."
+                for projection, sources in zip(layer.projections(), _SOURCES, strict=True):
+                    if any(prefix + source in changed for source in sources):
+                        projection.pack(self.packed_rows)
+            if changed & {"lm_head.weight", "model.embed_tokens.weight"}:
+                self.head_packed = torch.ops.mkl._mkl_reorder_linear_weight(
+                    self.lm_head, self.packed_rows
+                )
+        self._synced_once = True
+
+    def drop_finished(self, batch: int, live: int) -> bool:
+        """Whether to shrink the batch to its live rows now. A packed batch keeps finished
+        rows (computing and discarding their tokens) until a quarter of it has finished:
+        the packed matmul at 64 rows costs what a plain one costs at 48."""
+        return live < batch and (batch != self.packed_rows or 4 * live <= 3 * batch)
+
+    # -- decoding --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        input_ids_P_L: torch.Tensor,
+        attention_P_L: torch.Tensor,
+        positions_P_L: torch.Tensor,
+        repeats: int,
+        room: int,
+    ) -> torch.Tensor:
+        """Run left-padded prompts and keep their KV cache once per prompt; the `repeats`
+        samples of each prompt (rows p * repeats ...) share it and get `room` columns of
+        their own for the tokens they generate. Returns every row's next-token logits,
+        (P * repeats, V)."""
+        prompts, length = input_ids_P_L.shape
+        real_P_L = attention_P_L.bool()
+        causal_L_L = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
+        diagonal_L_L = torch.eye(length, dtype=torch.bool, device=self.device)
+        # A padding query sees only itself, so no softmax row is empty; real ones skip padding.
+        allowed_P_1_L_L = (causal_L_L & (real_P_L[:, None, :] | diagonal_L_L))[:, None]
+        cos_P_1_L_D, sin_P_1_L_D = self._rotary(positions_P_L)
+        x_P_L_H = self.embed[input_ids_P_L]
+        self.prompt_keys, self.prompt_values = [], []
+        for layer in self.layers:
+            q, k, v = self._project(layer, x_P_L_H)  # (P, heads, L, D)
+            q, k = _rotate(q, cos_P_1_L_D, sin_P_1_L_D), _rotate(k, cos_P_1_L_D, sin_P_1_L_D)
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed_P_1_L_L, enable_gqa=True
+            )
+            x_P_L_H = self._finish_layer(layer, x_P_L_H, attended.transpose(1, 2).flatten(2))
+            self.prompt_keys.append(k.transpose(-1, -2).contiguous())  # (P, kv, D, L)
+            self.prompt_values.append(v.contiguous())
+        rows = prompts * repeats
+        # Keys are kept transposed, (rows, kv, D, columns): a batched q @ K over a transposed
+        # view is 2-3x slower for these small per-row matrices.
+        key_shape = (rows, self.kv_heads, self.head_dim, room)
+        self.generated_keys = [self._empty(*key_shape) for _ in self.layers]
+        self.generated_values = [
+            self._empty(rows, self.kv_heads, room, self.head_dim) for _ in self.layers
+        ]
+        self.generated = 0  # columns of the generated-token cache in use
+        self.prompts, self.repeats = prompts, repeats
+        self.sequence_B = torch.arange(rows, device=self.device)  # the sample of each row
+        blocked_P_L = torch.zeros((prompts, length), dtype=self.dtype, device=self.device)
+        blocked_P_L.masked_fill_(~real_P_L, torch.finfo(self.dtype).min)
+        self.prompt_blocked_B_1_1_L = blocked_P_L.repeat_interleave(repeats, dim=0)[:, None, None]
+        logits_P_V = self._logits(x_P_L_H[:, -1])
+        return logits_P_V.repeat_interleave(repeats, dim=0)
+
+    @torch.no_grad()
+    def step(self, tokens_B: torch.Tensor, positions_B: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (cached in the row's next free column); next-token logits."""
+        column = self.generated
+        if column >= self.generated_values[0].shape[2]:
+            raise RuntimeError("the compact decoder's KV cache is full (room given to prefill)")
+        cos_B_1_1_D, sin_B_1_1_D = self._rotary(positions_B[:, None])
+        x_B_1_H = self.embed[tokens_B][:, None]
+        batch = tokens_B.shape[0]
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, x_B_1_H)  # (B, heads, 1, D)
+            q, k = _rotate(q, cos_B_1_1_D, sin_B_1_1_D), _rotate(k, cos_B_1_1_D, sin_B_1_1_D)
+            keys, values = self.generated_keys[index], self.generated_values[index]
+            keys[:, :, :, column] = k[:, :, 0]
+            values[:, :, column] = v[:, :, 0]
+            attended = self._attend(
+                q.view(batch, self.kv_heads, -1, self.head_dim),
+                index,
+                keys[..., : column + 1],
+                values[:, :, : column + 1],
+            )
+            x_B_1_H = self._finish_layer(layer, x_B_1_H, attended.reshape(batch, 1, -1))
+        self.generated = column + 1
+        return self._logits(x_B_1_H[:, 0])
+
+    def _attend(
+        self,
+        q_B_K_G_D: torch.Tensor,
+        layer: int,
+        keys_B_K_D_T: torch.Tensor,
+        values_B_K_T_D: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention of one query token per row over its prompt's cache (read once for all
+        the samples of a prompt: their queries are stacked into one matmul) and its own
+        generated tokens, under one softmax. (B, kv_heads, group, D) in and out."""
+        scale = self.head_dim**-0.5
+        prompt_keys_P_K_D_L = self.prompt_keys[layer]
+        length = prompt_keys_P_K_D_L.shape[3]
+        prompt_scores = self._by_row(self._by_prompt(q_B_K_G_D) @ prompt_keys_P_K_D_L)
+        own_scores = q_B_K_G_D @ keys_B_K_D_T
+        scores = torch.cat(
+            [prompt_scores * scale + self.prompt_blocked_B_1_1_L, own_scores * scale], dim=-1
+        )
+        weights = scores.float().softmax(dim=-1).to(self.dtype)
+        prompt_weights_P_K_Q_L = self._by_prompt(weights[..., :length])
+        from_prompt = self._by_row(prompt_weights_P_K_Q_L @ self.prompt_values[layer])
+        return from_prompt + weights[..., length:] @ values_B_K_T_D
+
+    def _by_prompt(self, rows_B_K_G_X: torch.Tensor) -> torch.Tensor:
+        """(B, kv, group, X) per live row -> (P, kv, repeats * group, X) per prompt; the rows
+        of finished samples are zeros."""
+        samples = self.prompts * self.repeats
+        if rows_B_K_G_X.shape[0] < samples:
+            full = rows_B_K_G_X.new_zeros((samples, *rows_B_K_G_X.shape[1:]))
+            full[self.sequence_B] = rows_B_K_G_X
+            rows_B_K_G_X = full
+        _, heads, group, width = rows_B_K_G_X.shape
+        stacked = rows_B_K_G_X.view(self.prompts, self.repeats, heads, group, width)
+        return stacked.transpose(1, 2).reshape(self.prompts, heads, self.repeats * group, width)
+
+    def _by_row(self, prompts_P_K_Q_X: torch.Tensor) -> torch.Tensor:
+        """The inverse of _by_prompt, keeping only the live rows."""
+        _, heads, stacked, width = prompts_P_K_Q_X.shape
+        group = stacked // self.repeats
+        rows = prompts_P_K_Q_X.view(self.prompts, heads, self.repeats, group, width)
+        rows = rows.transpose(1, 2).reshape(self.prompts * self.repeats, heads, group, width)
+        if self.sequence_B.shape[0] < rows.shape[0]:
+            rows = rows[self.sequence_B]
+        return rows
+
+    def keep(self, rows_B: torch.Tensor) -> None:
+        """Keep only these batch rows (finished sequences leave the batch; the prompt caches
+        they shared stay until the chunk ends)."""
+        self.generated_keys = [k[rows_B] for k in self.generated_keys]
+        self.generated_values = [v[rows_B] for v in self.generated_values]
+        self.sequence_B = self.sequence_B[rows_B]
+        self.prompt_blocked_B_1_1_L = self.prompt_blocked_B_1_1_L[rows_B]
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _project(
+        self, layer: _Layer, x_B_L_H: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, heads, L, head_dim) from one fused matmul."""
+        qkv = layer.qkv(_rms_norm(x_B_L_H, layer.input_norm, self.eps))
+        if layer.qkv_bias is not None:
+            qkv = qkv + layer.qkv_bias
+        batch, length = x_B_L_H.shape[:2]
+        q_cols, kv_cols = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        q, k, v = qkv.split((q_cols, kv_cols, kv_cols), dim=-1)
+        return (
+            q.view(batch, length, self.heads, self.head_dim).transpose(1, 2),
+            k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2),
+            v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2),
+        )
+
+    def _finish_layer(
+        self, layer: _Layer, x_B_L_H: torch.Tensor, attended_B_L_A: torch.Tensor
+    ) -> torch.Tensor:
+        """Output projection and residual, then the gated MLP and its residual."""
+        x_B_L_H = x_B_L_H + layer.out(attended_B_L_A)
+        gate, up = layer.gate_up(_rms_norm(x_B_L_H, layer.post_norm, self.eps)).chunk(2, -1)
+        return x_B_L_H + layer.down(F.silu(gate) * up)
+
+    def _logits(self, x_B_H: torch.Tensor) -> torch.Tensor:
+        normed_B_H = _rms_norm(x_B_H, self.norm, self.eps)
+        if self.head_packed is not None and x_B_H.shape[0] == self.packed_rows:
+            return torch.ops.mkl._mkl_linear(
+                normed_B_H, self.head_packed, self.lm_head, None, self.packed_rows
+            )
+        return F.linear(normed_B_H, self.lm_head)
+
+    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for these positions, shaped to broadcast over the head dimension."""
+        angles = positions.float()[..., None] * self.inverse_frequency.to(positions.device)
+        angles = torch.cat([angles, angles], dim=-1)[..., None, :, :]  # (..., 1, L, D)
+        return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm: normalise in float32, cast back, then scale."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps=eps)  # the same, in one kernel
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding in its rotate-half form (the layout Llama checkpoints use)."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+# The parameters fused into each of a layer's projections, in _Layer.projections() order.
+_SOURCES = (
+    tuple(f"self_attn.{name}_proj.{kind}" for name in "qkv" for kind in ("weight", "bias")),
+    ("self_attn.o_proj.weight",),
+    ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    ("mlp.down_proj.weight",),
+)
+
+
+def _split_rows(tensor: torch.Tensor, q_rows: int, kv_rows: int) -> tuple[torch.Tensor, ...]:
+    return tensor[:q_rows], tensor[q_rows : q_rows + kv_rows], tensor[q_rows + kv_rows :]
+
+
+def _attribute(name: str) -> str:
+    return {
+        "model.embed_tokens.weight": "embed",
+        "model.norm.weight": "norm",
+        "lm_head.weight": "lm_head",
+    }[name]
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
