@@ -181,12 +181,21 @@ def summarize(result: dict) -> dict:
         "tokens_per_s": sum(tokens) / sum(measured),
         "peak_rss_gb": result["peak_rss_gb"],
         "reward": result["reward"],
+        # openrft logs where a step's time goes; TRL's callbacks do not separate it.
+        "split": {
+            part: statistics.median(result[part][1:])
+            for part in ("rollout_s", "update_s")
+            if part in result
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="measured steps (after 1 warm-up)")
+    parser.add_argument(
+        "--sides", nargs="+", choices=SIDES, default=list(SIDES), help="sides to run (trl last)"
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,7 +204,7 @@ def main() -> None:
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in SIDES:
+        for name in [side for side in SIDES if side in args.sides]:
             out = Path(tmp) / f"{name}.json"
             print(f"running {name} ({args.steps} + 1 steps)...", flush=True)
             command = [
@@ -219,9 +228,13 @@ def main() -> None:
             f"{name:<14}{r['median_step_s']:>10.2f}{r['tokens_per_s']:>11.1f}"
             f"{r['peak_rss_gb']:>13.2f}   {rewards}"
         )
-    theirs = results["trl"]
+    for name, r in results.items():
+        if r["split"]:
+            parts = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in r["split"].items())
+            print(f"{name}: median {parts}")
+    theirs = results.get("trl")
     print()
-    for name in SIDES[:-1]:
+    for name in [side for side in SIDES[:-1] if side in results and theirs]:
         ours = results[name]
         print(
             f"{name} vs TRL: {theirs['median_step_s'] / ours['median_step_s']:.1f}x faster per "

@@ -5,10 +5,12 @@ At rollout batch sizes the transformers forward spends a third of each decoding 
 its matrix multiplies (measured on SmolLM2-135M, fp32, batch 64: 171 ms a step of which 108
 ms are matmuls): dozens of small ops per layer, separate q/k/v and gate/up projections, and a
 flash-attention kernel that is slow for a single query. This module keeps its own copy of the
-weights with q/k/v and gate/up fused into one matrix each and LoRA merged in, a KV cache
-allocated once per chunk at its final size, and a plain two-matmul attention for one query
-token. It computes what the transformers model computes (tests/rollout/test_compact.py checks
-logits and greedy generations against it) and is re-synced from the policy after each update.
+weights with q/k/v and gate/up fused into one matrix each and LoRA merged in; each prompt's
+KV cache once, read once per step for all G of its samples (their queries are stacked into
+one matmul); the generated tokens' cache allocated once per chunk at its final size; and
+plain matmul attention for the one query token a step has. It computes what the
+transformers model computes (tests/rollout/test_compact.py checks logits and samples against
+it) and is re-synced from the policy after each update.
 
     decoder = CompactDecoder(policy, torch.float32)   # once; its own fused weight copy
     logits_B_V = decoder.prefill(ids_P_L, attention_P_L, positions_P_L, repeats=G, room=64)

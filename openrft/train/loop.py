@@ -106,6 +106,7 @@ def train(
     checkpoints = list_checkpoints(run_dir) if resume else []
     if checkpoints:
         position = load_checkpoint(checkpoints[-1], policy, optimizer, scheduler)
+        engine.sync_weights(policy.model)  # a sampling copy was made from the pre-load weights
     elif resume and (run_dir / "final").exists():
         raise CheckpointError(f"{run_dir} finished already and has no checkpoint to resume from")
     prior_wall_s = position.wall_s  # time spent by earlier, interrupted sessions of this run
