@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import torch
 from torch import nn
 
 from openrft.types import Completion, SamplingParams
@@ -23,4 +24,34 @@ class RolloutEngine(Protocol):
 
     def sync_weights(self, policy: nn.Module) -> None:
         """Make the engine sample from `policy`'s current weights (no-op when it shares them)."""
+        ...
+
+
+class Decoder(Protocol):
+    """How an in-process engine computes tokens, one chunk of prompts at a time:
+    CompactDecoder (openrft.rollout.compact) or TransformersDecoder (openrft.rollout.hf_engine).
+    Rows are samples: prompt p's `repeats` samples are rows p * repeats ... (p + 1) * repeats."""
+
+    def prefill(
+        self,
+        input_ids_P_L: torch.Tensor,
+        attention_P_L: torch.Tensor,
+        positions_P_L: torch.Tensor,
+        repeats: int,
+        room: int,
+    ) -> torch.Tensor:
+        """Left-padded prompts in; every row's next-token logits (P * repeats, V) out; room
+        for `room` generated tokens per row."""
+        ...
+
+    def step(self, tokens_B: torch.Tensor, positions_B: torch.Tensor) -> torch.Tensor:
+        """One token per live row in; next-token logits (B, V) out."""
+        ...
+
+    def drop_finished(self, batch: int, live: int) -> bool:
+        """Whether to shrink a batch with `live` unfinished rows of `batch` now."""
+        ...
+
+    def keep(self, rows_B: torch.Tensor) -> None:
+        """Keep only these rows of the batch."""
         ...

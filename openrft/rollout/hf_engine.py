@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from openrft.rollout.compact import CompactDecoder, unsupported_reason
+from openrft.rollout.engine import Decoder
 from openrft.rollout.kv_cache import decoding_cache
 from openrft.rollout.sampling import sample_next_tokens
 from openrft.rollout.shadow import ShadowModel
@@ -50,9 +51,7 @@ class HFEngine:
             raise ValueError(f"rollout.decoder = 'compact': {reason}")
         if reason is None:
             dtype = sample_dtype or next(model.parameters()).dtype
-            self.decoder: CompactDecoder | TransformersDecoder = CompactDecoder(
-                model, dtype, packed_rows=batch_size
-            )
+            self.decoder: Decoder = CompactDecoder(model, dtype, packed_rows=batch_size)
             self.model = None  # the compact decoder holds its own weights
             return
         lora = hasattr(model, "peft_config")  # a merged copy also drops the LoRA side branches
@@ -157,8 +156,8 @@ class HFEngine:
 
 
 class TransformersDecoder:
-    """Decoding through a transformers model's own forward pass: any architecture. Same
-    interface as CompactDecoder (prefill, step, keep) for one chunk at a time."""
+    """Decoding through a transformers model's own forward pass: any architecture (the
+    Decoder protocol of openrft.rollout.engine)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
