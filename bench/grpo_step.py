@@ -12,10 +12,12 @@ computes in bf16; LoRA adapters and Adam state stay float32) and `rollout.dtype 
 
 Each side runs in its own subprocess, so its peak RSS is its own. Prints, per side: median
 seconds per step over the measured steps (the first step is a warm-up and not counted),
-completion tokens per second, peak RSS and the reward per step; then openrft / TRL ratios.
+completion tokens per second, peak RSS and the reward per step, openrft's median rollout and
+update seconds; then openrft / TRL ratios. The bf16 side pays only on CPUs with AVX-512 BF16
+or AMX (bench/generate.py prints both matmul peaks); skip it elsewhere with --sides.
 
     .venv/bin/pip install -e '.[bench]'     # TRL is a bench extra, not a dependency
-    .venv/bin/python bench/grpo_step.py [--steps 6]
+    .venv/bin/python bench/grpo_step.py [--steps 6] [--sides openrft trl]
 """
 
 from __future__ import annotations
