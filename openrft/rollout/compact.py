@@ -164,7 +164,6 @@ class CompactDecoder:
             self._slots[prefix + "mlp.down_proj.weight"] = layer.down.weight_t.T
             self.layers.append(layer)
         self.tied = "lm_head.weight" not in shapes  # tied weights are listed once
-        self._plain_names = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
         self._synced_once = False
 
     def _empty(self, *shape: int) -> torch.Tensor:
@@ -181,8 +180,8 @@ class CompactDecoder:
                 continue
             if name in self._slots:
                 self._slots[name].copy_(weight)
-            elif name in self._plain_names:
-                setattr(self, _attribute(name), weight.to(self.dtype))
+            elif name in _UNFUSED:
+                setattr(self, _UNFUSED[name], weight.to(self.dtype))
             changed.add(name)
         if self.tied:
             self.lm_head = self.embed
@@ -386,6 +385,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat([-second, first], dim=-1) * sin
 
 
+# Parameters used as they are, by the attribute that holds them.
+_UNFUSED = {
+    "model.embed_tokens.weight": "embed",
+    "model.norm.weight": "norm",
+    "lm_head.weight": "lm_head",
+}
+
 # The parameters fused into each of a layer's projections, in _Layer.projections() order.
 _SOURCES = (
     tuple(f"self_attn.{name}_proj.{kind}" for name in "qkv" for kind in ("weight", "bias")),
@@ -397,14 +403,6 @@ _SOURCES = (
 
 def _split_rows(tensor: torch.Tensor, q_rows: int, kv_rows: int) -> tuple[torch.Tensor, ...]:
     return tensor[:q_rows], tensor[q_rows : q_rows + kv_rows], tensor[q_rows + kv_rows :]
-
-
-def _attribute(name: str) -> str:
-    return {
-        "model.embed_tokens.weight": "embed",
-        "model.norm.weight": "norm",
-        "lm_head.weight": "lm_head",
-    }[name]
 
 
 def _plain(model: nn.Module) -> nn.Module:
