@@ -21,6 +21,7 @@ it) and is re-synced from the policy after each update.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -176,7 +177,7 @@ class CompactDecoder:
         forms are rebuilt for what changed."""
         changed: set[str] = set()
         for name, weight, changes in current_weights(policy):
-            if not (changes or not self._synced_once):
+            if self._synced_once and not changes:
                 continue
             if name in self._slots:
                 self._slots[name].copy_(weight)
@@ -196,6 +197,9 @@ class CompactDecoder:
                     self.lm_head, self.packed_rows
                 )
         self._synced_once = True
+
+    def inference(self) -> AbstractContextManager[None]:
+        return nullcontext()  # no modules of its own to switch to eval mode
 
     def drop_finished(self, batch: int, live: int) -> bool:
         """Whether to shrink the batch to its live rows now. A packed batch keeps finished

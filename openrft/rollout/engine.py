@@ -7,6 +7,7 @@ after each update) slots in beside the transformers engine without changing the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import torch
@@ -31,6 +32,16 @@ class Decoder(Protocol):
     """How an in-process engine computes tokens, one chunk of prompts at a time:
     CompactDecoder (openrft.rollout.compact) or TransformersDecoder (openrft.rollout.hf_engine).
     Rows are samples: prompt p's `repeats` samples are rows p * repeats ... (p + 1) * repeats."""
+
+    device: torch.device  # where its weights and caches live
+
+    def sync(self, policy: nn.Module) -> None:
+        """Sample from `policy`'s current weights from now on."""
+        ...
+
+    def inference(self) -> AbstractContextManager[None]:
+        """Held while generating: the state sampling needs (eval mode), restored after."""
+        ...
 
     def prefill(
         self,

@@ -7,7 +7,8 @@ prefilled once and its KV cache shared by its G samples; finished sequences leav
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -45,52 +46,35 @@ class HFEngine:
         self.batch_size = batch_size  # sequences decoded together
         self.end_token_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.shadow = None
         reason = unsupported_reason(model) if decoder != "transformers" else "not asked for"
         if decoder == "compact" and reason is not None:
             raise ValueError(f"rollout.decoder = 'compact': {reason}")
         if reason is None:
             dtype = sample_dtype or next(model.parameters()).dtype
             self.decoder: Decoder = CompactDecoder(model, dtype, packed_rows=batch_size)
-            self.model = None  # the compact decoder holds its own weights
-            return
-        lora = hasattr(model, "peft_config")  # a merged copy also drops the LoRA side branches
-        if sample_dtype is not None and (lora or sample_dtype != next(model.parameters()).dtype):
-            self.shadow = ShadowModel(model, sample_dtype)
-        self.model = self.shadow.model if self.shadow is not None else model
-        self.decoder = TransformersDecoder(self.model)
+        else:
+            self.decoder = TransformersDecoder(model, sample_dtype)
 
     def sync_weights(self, policy: nn.Module) -> None:
-        if isinstance(self.decoder, CompactDecoder):
-            self.decoder.sync(policy)  # merge and fuse the updated weights
-        elif self.shadow is not None:
-            self.shadow.sync(policy)  # copy the updated weights into the sampling copy
-        else:
-            self.model = self.decoder.model = policy  # same weights: nothing to copy
+        self.decoder.sync(policy)
 
     @torch.no_grad()
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[list[Completion]]:
-        generator = torch.Generator(device=self._device()).manual_seed(params.seed)
+        generator = torch.Generator(device=self.decoder.device).manual_seed(params.seed)
         prompts_per_chunk = max(1, self.batch_size // params.n)
-        was_training = self.model.training if self.model is not None else False
-        if self.model is not None:
-            self.model.eval()
-        try:
-            results: list[list[Completion]] = []
+        results: list[list[Completion]] = []
+        with self.decoder.inference():
             for start in range(0, len(prompts), prompts_per_chunk):
                 chunk = prompts[start : start + prompts_per_chunk]
                 results.extend(self._generate_chunk(chunk, params, generator))
-            return results
-        finally:
-            if self.model is not None:
-                self.model.train(was_training)
+        return results
 
     def _generate_chunk(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator
     ) -> list[list[Completion]]:
-        device = self._device()
+        device = self.decoder.device
         input_ids_P_L, attention_P_L = left_pad(prompts, self.pad_id, device)
         positions_P_L = (attention_P_L.cumsum(-1) - 1).clamp(min=0)
         # Share the prompt computation: one prefill per prompt, its cache repeated G times.
@@ -149,18 +133,39 @@ class HFEngine:
                 text = text[:cut]
         return Completion(token_ids=tuple(token_ids), text=text, finish_reason=reason)
 
-    def _device(self) -> torch.device:
-        if isinstance(self.decoder, CompactDecoder):
-            return self.decoder.device
-        return next(self.model.parameters()).device
-
 
 class TransformersDecoder:
     """Decoding through a transformers model's own forward pass: any architecture (the
-    Decoder protocol of openrft.rollout.engine)."""
+    Decoder protocol of openrft.rollout.engine). It samples from the trainer's model itself
+    (weights shared) or, with `sample_dtype`, from a merged copy in that dtype
+    (openrft.rollout.shadow) that sync() refreshes."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, sample_dtype: torch.dtype | None = None):
+        self.shadow = None
+        lora = hasattr(model, "peft_config")  # a merged copy also drops the LoRA side branches
+        if sample_dtype is not None and (lora or sample_dtype != next(model.parameters()).dtype):
+            self.shadow = ShadowModel(model, sample_dtype)
+        self.model = self.shadow.model if self.shadow is not None else model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sync(self, policy: nn.Module) -> None:
+        if self.shadow is not None:
+            self.shadow.sync(policy)  # copy the updated weights into the sampling copy
+        else:
+            self.model = policy  # same weights: nothing to copy
+
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """Eval mode while sampling (no dropout), the model's own mode restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
 
     def prefill(
         self,

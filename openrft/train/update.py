@@ -155,9 +155,9 @@ def sequence_logprobs(
     completion tokens reach the LM head, in chunks, so full-vocabulary logits for the batch
     never exist at once.
     """
-    device = next(causal_lm.parameters()).device
+    weight = next(causal_lm.parameters())
+    device, dtype = weight.device, weight.dtype
     packed = pack_groups(rows)
-    dtype = next(causal_lm.parameters()).dtype
     blocked = torch.finfo(dtype).min  # additive mask: eager and SDPA attention both take it
     mask_U_1_S_S = torch.zeros(packed.allowed_U_S_S.shape, dtype=dtype, device=device)
     mask_U_1_S_S = mask_U_1_S_S.masked_fill(~packed.allowed_U_S_S.to(device), blocked)[:, None]
@@ -215,7 +215,7 @@ def pack_groups(rows: list[TrainRow]) -> PackedGroups:
     prompt_rows: dict[tuple[int, ...], list[int]] = {}
     for b, row in enumerate(rows):
         prompt_rows.setdefault(row.token_ids[: row.prompt_length], []).append(b)
-    layouts = []  # per prompt: (token ids, positions, segments)
+    layouts = []  # per prompt: (token ids, positions, segments, its rows)
     predictor: dict[int, list[int]] = {}  # row -> packed indices, before the u * S offset
     for prompt, members in prompt_rows.items():
         ids, positions, segments = (

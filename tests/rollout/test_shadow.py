@@ -56,10 +56,11 @@ def test_full_weights_are_copied_on_sync(tiny_model_dir):
 def test_the_engine_samples_from_the_bf16_copy(tiny_model_dir, tiny_tokenizer):
     policy = _lora_policy(tiny_model_dir)
     engine = HFEngine(policy, tiny_tokenizer, sample_dtype=torch.bfloat16, decoder="transformers")
-    assert engine.model is not policy and next(engine.model.parameters()).dtype == torch.bfloat16
+    sampled = engine.decoder.model
+    assert sampled is not policy and next(sampled.parameters()).dtype == torch.bfloat16
     prompt = tiny_tokenizer("the movie was great")["input_ids"]
     greedy = SamplingParams(n=2, temperature=0.0, max_new_tokens=5)
     [completions] = engine.generate([prompt], greedy)
     assert len(completions) == 2 and all(c.token_ids for c in completions)
     same = HFEngine(policy, tiny_tokenizer, decoder="transformers")  # no dtype: the policy
-    assert same.model is policy and same.shadow is None
+    assert same.decoder.model is policy and same.decoder.shadow is None
