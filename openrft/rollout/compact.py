@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openrft.rollout.shadow import current_weights
+from openrft.rollout.shadow import current_weights, plain_model
 
 SUPPORTED_TYPES = ("llama", "qwen2")  # config.model_type values this decoder implements
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why `model` (plain or peft-wrapped) cannot use the compact decoder, or None if it can."""
-    config = _plain(model).config
+    config = plain_model(model).config
     if config.model_type not in SUPPORTED_TYPES:
         return f"model type {config.model_type!r} is not one of {', '.join(SUPPORTED_TYPES)}"
     rope = getattr(config, "rope_parameters", None) or {}
@@ -106,7 +106,7 @@ class CompactDecoder:
         reason = unsupported_reason(policy)
         if reason is not None:
             raise ValueError(f"the compact decoder does not support this model: {reason}")
-        config = _plain(policy).config
+        config = plain_model(policy).config
         self.dtype = dtype
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -129,7 +129,7 @@ class CompactDecoder:
 
     def _allocate(self, policy: nn.Module) -> None:
         """Fused buffers for the projections; the others are filled in by sync()."""
-        shapes = {name: weight.shape for name, weight, _ in current_weights(policy)}
+        shapes = {name: weight.shape for name, weight in current_weights(policy)}
         q_rows = self.heads * self.head_dim
         kv_rows = self.kv_heads * self.head_dim
         self._slots: dict[str, torch.Tensor] = {}  # plain parameter name -> where it goes
@@ -176,9 +176,7 @@ class CompactDecoder:
         dtype are held by reference, so the optimizer's in-place updates reach them; packed
         forms are rebuilt for what changed."""
         changed: set[str] = set()
-        for name, weight, changes in current_weights(policy):
-            if self._synced_once and not changes:
-                continue
+        for name, weight in current_weights(policy, only_changing=self._synced_once):
             if name in self._slots:
                 self._slots[name].copy_(weight)
             elif name in _UNFUSED:
@@ -407,7 +405,3 @@ _SOURCES = (
 
 def _split_rows(tensor: torch.Tensor, q_rows: int, kv_rows: int) -> tuple[torch.Tensor, ...]:
     return tensor[:q_rows], tensor[q_rows : q_rows + kv_rows], tensor[q_rows + kv_rows :]
-
-
-def _plain(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model

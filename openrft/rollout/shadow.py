@@ -26,7 +26,7 @@ class ShadowModel:
 
     def __init__(self, policy: nn.Module, dtype: torch.dtype):
         self.dtype = dtype
-        plain = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        plain = plain_model(policy)
         # Built from the policy's own modules, LoRA branches left out: a structural copy of the
         # base model, whose weights sync() then overwrites.
         with _without_lora(policy):
@@ -38,18 +38,21 @@ class ShadowModel:
     @torch.no_grad()
     def sync(self, policy: nn.Module) -> None:
         """Copy the policy's current weights (base + scale * B @ A for LoRA layers) over."""
-        for name, weight, changes in current_weights(policy):
-            if name in self._targets and (changes or not self._synced_once):
+        for name, weight in current_weights(policy, only_changing=self._synced_once):
+            if name in self._targets:
                 self._targets[name].copy_(weight)
         self._synced_once = True
 
 
 @torch.no_grad()
-def current_weights(policy: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool]]:
-    """(plain model name, current tensor, whether it can change between syncs) for every
-    parameter of `policy`: a LoRA-wrapped layer's weight comes merged (base + scale * B @ A,
-    computed in float32 or wider for each call), everything else is the parameter itself, detached.
-    Names are those of the plain transformers model, without peft's wrapper prefixes."""
+def current_weights(
+    policy: nn.Module, only_changing: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(plain model name, current tensor) for every parameter of `policy`, or with
+    `only_changing` for those an update can change (LoRA-merged and trainable ones): a
+    LoRA-wrapped layer's weight comes merged (base + scale * B @ A, computed in float32 or
+    wider for each call), everything else is the parameter itself, detached. Names are those
+    of the plain transformers model, without peft's wrapper prefixes."""
     merged: set[str] = set()
     for name, module in _lora_layers(policy):
         adapters = [a for a in module.active_adapters if a in module.lora_A]
@@ -60,12 +63,17 @@ def current_weights(policy: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool
             weight = weight + module.get_delta_weight(adapter).to(dtype)
         target = _plain_name(name) + ".weight"
         merged.add(target)
-        yield target, weight, True
+        yield target, weight
     for name, parameter in policy.named_parameters():
         plain = _plain_name(name).replace(".base_layer.", ".")
-        if "lora_" in name or plain in merged:
+        if "lora_" in name or plain in merged or (only_changing and not parameter.requires_grad):
             continue
-        yield plain, parameter.detach(), parameter.requires_grad
+        yield plain, parameter.detach()
+
+
+def plain_model(policy: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
 
 
 def _plain_name(name: str) -> str:
