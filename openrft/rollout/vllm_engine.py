@@ -1,0 +1,202 @@
+"""Rollouts from a vLLM server (the GPU engine), with the trainer's weights synced every step.
+
+The engine speaks vLLM's OpenAI-compatible HTTP API, so vLLM lives in its own process and
+virtual environment (openrft.rollout.vllm_server starts it, or `vllm.url` names a running one):
+- generate: one /v1/completions request per step, token-id prompts in and token ids out;
+- sync_weights with LoRA: the adapter is saved and hot-loaded under a new name
+  (/v1/load_lora_adapter), the previous one unloaded; with full weights: saved as safetensors
+  and reloaded in place (/collective_rpc reload_weights), then the prefix cache is reset;
+- after every sync, a probe: vLLM's log-probs of a fixed token sequence must match the
+  trainer's (within vllm.probe_tolerance) and must have moved when the trainer's moved. A sync
+  that silently did not apply (a known failure of LoRA-to-vLLM pipelines) stops the job.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from openrft.errors import RolloutError
+from openrft.rollout.engine import completion_from_tokens
+from openrft.rollout.vllm_server import VLLMServer, log_tail
+from openrft.types import Completion, SamplingParams
+
+PROBE_GAP = "rollout/probe_logprob_gap"  # mean |vLLM - trainer| log-prob on the probe, nats
+PROBE_SHIFT = "rollout/probe_logprob_shift"  # mean change of vLLM's probe log-probs this sync
+MAX_PROBE_TOKENS = 256
+# The trainer's probe log-probs moved by more than this, vLLM's by less than STILL: stale.
+MOVED, STILL = 1e-5, 1e-7
+
+
+class WeightSyncError(RolloutError):
+    """vLLM does not sample from the trainer's weights after a sync."""
+
+
+class VLLMEngine:
+    """The RolloutEngine protocol over a vLLM server that serves `base_name`."""
+
+    def __init__(
+        self,
+        server: VLLMServer,
+        base_name: str,
+        tokenizer: PreTrainedTokenizerBase,
+        end_token_ids: frozenset[int],
+        sync_dir: Path,
+        probe_ids: Sequence[int],
+        probe_tolerance: float = 0.1,
+        request_timeout_s: float = 3600.0,
+    ):
+        self.server = server
+        self.base_name = base_name
+        self.served_name = base_name  # the base model, or the newest LoRA adapter's name
+        self.tokenizer = tokenizer
+        self.end_token_ids = end_token_ids
+        self.sync_dir = sync_dir
+        self.probe_ids = list(probe_ids)[:MAX_PROBE_TOKENS]
+        if len(self.probe_ids) < 2:
+            raise RolloutError("the weight-sync probe needs at least 2 tokens")
+        self.probe_tolerance = probe_tolerance
+        self.client = httpx.Client(base_url=server.url, timeout=request_timeout_s)
+        self.version = 0  # syncs done; names the weight directories and LoRA adapters
+        self.session = uuid.uuid4().hex[:8]  # adapter names stay unique on a shared server
+        self.last_probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (trainer, vLLM)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        if not prompts:
+            return []
+        body = {
+            "model": self.served_name,
+            "prompt": [list(p) for p in prompts],
+            "n": params.n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k if params.top_k > 0 else None,
+            "max_tokens": params.max_new_tokens,
+            "stop": list(params.stop) or None,
+            "stop_token_ids": sorted(self.end_token_ids),
+            "seed": params.seed,
+            "return_token_ids": True,
+        }
+        choices = self._post("/v1/completions", body)["choices"]
+        if len(choices) != len(prompts) * params.n:
+            raise RolloutError(
+                f"vLLM returned {len(choices)} completions for {len(prompts)} prompts x {params.n}"
+            )
+        groups: list[list[Completion]] = [[] for _ in prompts]
+        # With several prompts and n samples each, choice i answers prompt i // n.
+        for choice in sorted(choices, key=lambda c: c["index"]):
+            token_ids = list(choice["token_ids"])
+            reason = "length" if choice["finish_reason"] == "length" else "stop"
+            groups[choice["index"] // params.n].append(
+                completion_from_tokens(self.tokenizer, token_ids, reason, params.stop)
+            )
+        return groups
+
+    def sync_weights(self, policy: nn.Module) -> dict[str, float]:
+        """Push `policy`'s weights to vLLM and check with the probe that they arrived."""
+        self.version += 1
+        target = self.sync_dir / f"weights-{self.version}"
+        if target.exists():
+            shutil.rmtree(target)
+        lora = hasattr(policy, "peft_config")
+        policy.save_pretrained(target)  # with LoRA, only the adapter (a few MB)
+        if lora:
+            name = f"openrft-{self.session}-{self.version}"
+            self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(target)})
+            previous, self.served_name = self.served_name, name
+            if previous != self.base_name:
+                self._post("/v1/unload_lora_adapter", {"lora_name": previous})
+        else:
+            rpc = {"method": "reload_weights", "kwargs": {"weights_path": str(target)}}
+            self._post("/collective_rpc", rpc)
+            self._post("/reset_prefix_cache", {})  # cached KV blocks hold the old weights
+        shutil.rmtree(self.sync_dir / f"weights-{self.version - 1}", ignore_errors=True)
+        return self.check_probe(policy)
+
+    def check_probe(self, policy: nn.Module) -> dict[str, float]:
+        """Compare vLLM's log-probs of the probe with the trainer's; raise WeightSyncError
+        when they differ by more than the tolerance, or when only the trainer's moved."""
+        trainer = trainer_logprobs(policy, self.probe_ids)
+        engine = self.engine_logprobs()
+        gap = (engine - trainer).abs().mean().item()
+        shift = float("nan")
+        if self.last_probe is not None:
+            trainer_shift = (trainer - self.last_probe[0]).abs().mean().item()
+            shift = (engine - self.last_probe[1]).abs().mean().item()
+            if trainer_shift > MOVED and shift < STILL:
+                raise WeightSyncError(
+                    f"sync {self.version}: the trainer's log-probs of the probe moved by "
+                    f"{trainer_shift:.3g} nats per token but vLLM's did not change: vLLM is "
+                    f"still sampling from the previous weights"
+                )
+        if gap > self.probe_tolerance:
+            raise WeightSyncError(
+                f"sync {self.version}: vLLM's log-probs of the probe differ from the "
+                f"trainer's by {gap:.3g} nats per token (vllm.probe_tolerance = "
+                f"{self.probe_tolerance}): vLLM does not compute the trainer's model (stale "
+                f"or partly applied weights, or another dtype: see vllm.dtype)"
+            )
+        self.last_probe = (trainer, engine)
+        return {PROBE_GAP: gap, PROBE_SHIFT: shift}
+
+    def engine_logprobs(self) -> torch.Tensor:
+        """vLLM's log-prob of each probe token after the first, given the tokens before it."""
+        body = {
+            "model": self.served_name,
+            "prompt": self.probe_ids,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 0,  # the log-prob of the prompt's own token at each position
+        }
+        entries = self._post("/v1/completions", body)["choices"][0]["prompt_logprobs"][1:]
+        tokens = self.probe_ids[1:]
+        return torch.tensor(
+            [entry[str(token)]["logprob"] for entry, token in zip(entries, tokens, strict=True)],
+            dtype=torch.float64,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+    def _post(self, path: str, body: dict) -> dict:
+        try:
+            response = self.client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise RolloutError(f"vLLM at {self.server.url}{path}: {exc}{self._log()}") from exc
+        if response.status_code != 200:
+            raise RolloutError(
+                f"vLLM at {self.server.url}{path} answered {response.status_code}: "
+                f"{response.text[:2000]}{self._log()}"
+            )
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return {}  # the adapter routes answer with plain text
+
+    def _log(self) -> str:
+        path = self.server.log_path
+        return "" if path is None else f"\nthe server's log ({path}) ends:\n{log_tail(path)}"
+
+
+@torch.no_grad()
+def trainer_logprobs(policy: nn.Module, token_ids: Sequence[int]) -> torch.Tensor:
+    """The policy's log-prob of each token after the first (eval mode: no dropout)."""
+    was_training = policy.training
+    policy.eval()
+    try:
+        device = next(policy.parameters()).device
+        ids = torch.tensor([list(token_ids)], device=device)
+        logits = policy(input_ids=ids).logits[0, :-1].double()
+        picked = logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+    finally:
+        policy.train(was_training)
+    return picked.cpu()
