@@ -102,6 +102,10 @@ class AlgoConfig:
     entropy_coef: float = 0.0  # entropy bonus weight (entropy is always logged)
     update_epochs: int = 1  # optimisation passes over one batch (old log-probs kept)
     mask_truncated: bool = False  # drop completions that hit max_new_tokens from the loss
+    # Rollouts from another engine (vLLM) than the trainer: weight each token's policy loss by
+    # pi_trainer / pi_sampler (the engine reports its log-probs), bounded as chosen here.
+    sampler_correction: Literal["truncate", "mask", "off"] = "truncate"  # TIS, mask, or none
+    sampler_correction_cap: float = 2.0  # truncate: largest weight; mask: keep 1/cap..cap
     logprob_chunk_tokens: int = 1024  # tokens per chunk when computing log-probs over the vocab
 
 
@@ -184,6 +188,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "algo.kl_coef": (0.0, 100.0),
     "algo.entropy_coef": (-10.0, 10.0),
     "algo.update_epochs": (1, 100),
+    "algo.sampler_correction_cap": (1.0, 1_000_000.0),
     "algo.logprob_chunk_tokens": (1, 1_000_000),
     "train.prompts_per_step": (1, 100_000),
     "train.micro_batch_size": (1, 100_000),

@@ -64,6 +64,9 @@ class Completion:
     token_ids: tuple[int, ...]  # generated tokens, including the end-of-turn token if produced
     text: str  # decoded text without special tokens, cut before a stop string
     finish_reason: FinishReason  # "stop" (end of turn or stop string) or "length" (hit the cap)
+    # The engine's log-prob of each token (raw model, temperature 1), where it reports them
+    # (vLLM); the trainer corrects for its mismatch. Not part of equality: it is a measurement.
+    logprobs: tuple[float, ...] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

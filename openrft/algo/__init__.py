@@ -12,6 +12,7 @@ from openrft.algo.losses import (
     kl_k1,
     kl_k3,
     masked_mean,
+    sampler_correction_weights,
 )
 from openrft.algo.registry import (
     ADVANTAGE_SCALINGS,
@@ -31,6 +32,7 @@ __all__ = [
     "kl_k3",
     "lookup",
     "masked_mean",
+    "sampler_correction_weights",
     "selective_log_softmax",
     "token_logprobs_and_entropy",
 ]

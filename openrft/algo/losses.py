@@ -33,6 +33,34 @@ def clipped_policy_loss(
     return loss_B_T, was_clipped_B_T
 
 
+def sampler_correction_weights(
+    old_logprobs_B_T: torch.Tensor,
+    sampler_logprobs_B_T: torch.Tensor,
+    mode: str,
+    cap: float,
+) -> torch.Tensor:
+    """Per-token importance weights w = pi_old / pi_sampler for rollouts sampled by another
+    engine (vLLM) than the trainer that scores them, with w bounded (no gradient flows).
+
+    The two compute the "same" policy with other kernels, dtypes and batching, so a sampled
+    token's probability differs between them and the policy gradient is silently off-policy
+    (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+    training"). Correcting with the raw ratio has unbounded variance; `mode` bounds it:
+    - "truncate": min(w, cap), truncated importance sampling (TIS);
+    - "mask": w where 1/cap <= w <= cap, else 0 (the token leaves the loss);
+    - "off": 1 everywhere.
+    """
+    if mode == "off":
+        return torch.ones_like(old_logprobs_B_T)
+    ratio_B_T = torch.exp(old_logprobs_B_T.detach() - sampler_logprobs_B_T)
+    if mode == "truncate":
+        return ratio_B_T.clamp(max=cap)
+    if mode == "mask":
+        inside_B_T = (ratio_B_T <= cap) & (ratio_B_T >= 1.0 / cap)
+        return torch.where(inside_B_T, ratio_B_T, torch.zeros_like(ratio_B_T))
+    raise ValueError(f"unknown sampler correction {mode!r}: choose truncate, mask or off")
+
+
 def kl_k1(logprobs_B_T: torch.Tensor, ref_logprobs_B_T: torch.Tensor) -> torch.Tensor:
     """k1 = log(pi / pi_ref): unbiased for KL(pi || pi_ref) under samples from pi, but
     high-variance and negative per token (Schulman 2020, "Approximating KL divergence")."""

@@ -14,6 +14,10 @@ COMPLETION_TRUNCATED = "completion/truncated_ratio"
 ENTROPY = "policy/entropy"
 KL = "policy/kl"
 CLIP_RATIO = "policy/clip_ratio"
+# Rollouts from another engine than the trainer (vLLM): how far apart the two are.
+SAMPLER_KL = "rollout/sampler_kl"  # mean log pi_sampler - log pi_trainer over trained tokens
+SAMPLER_WEIGHT = "rollout/sampler_weight_mean"  # mean correction weight on the policy term
+SAMPLER_CORRECTED = "rollout/sampler_corrected_ratio"  # share of tokens truncated or masked
 LOSS = "loss/total"
 GRAD_NORM = "optim/grad_norm"
 LR = "optim/lr"

@@ -74,7 +74,11 @@ class Decoder(Protocol):
 
 
 def completion_from_tokens(
-    tokenizer, token_ids: Sequence[int], reason: FinishReason, stop: Sequence[str]
+    tokenizer,
+    token_ids: Sequence[int],
+    reason: FinishReason,
+    stop: Sequence[str],
+    logprobs: Sequence[float] | None = None,
 ) -> Completion:
     """A Completion from generated token ids: the text decoded without special tokens and cut
     before the first stop string; the tokens are kept whole (they are what was sampled)."""
@@ -83,4 +87,9 @@ def completion_from_tokens(
         cut = text.find(marker)
         if cut >= 0:
             text = text[:cut]
-    return Completion(token_ids=tuple(token_ids), text=text, finish_reason=reason)
+    return Completion(
+        token_ids=tuple(token_ids),
+        text=text,
+        finish_reason=reason,
+        logprobs=None if logprobs is None else tuple(logprobs),
+    )

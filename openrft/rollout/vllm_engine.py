@@ -85,6 +85,7 @@ class VLLMEngine:
             "stop_token_ids": sorted(self.end_token_ids),
             "seed": params.seed,
             "return_token_ids": True,
+            "logprobs": 0,  # the sampled token's log-prob: the trainer corrects the mismatch
         }
         choices = self._post("/v1/completions", body)["choices"]
         if len(choices) != len(prompts) * params.n:
@@ -96,8 +97,9 @@ class VLLMEngine:
         for choice in sorted(choices, key=lambda c: c["index"]):
             token_ids = list(choice["token_ids"])
             reason = "length" if choice["finish_reason"] == "length" else "stop"
+            logprobs = sampled_logprobs(choice, len(token_ids))
             groups[choice["index"] // params.n].append(
-                completion_from_tokens(self.tokenizer, token_ids, reason, params.stop)
+                completion_from_tokens(self.tokenizer, token_ids, reason, params.stop, logprobs)
             )
         return groups
 
@@ -185,6 +187,19 @@ class VLLMEngine:
     def _log(self) -> str:
         path = self.server.log_path
         return "" if path is None else f"\nthe server's log ({path}) ends:\n{log_tail(path)}"
+
+
+def sampled_logprobs(choice: dict, tokens: int) -> list[float]:
+    """The log-prob vLLM gave each sampled token (before temperature and top-p: vLLM's raw
+    log-probs, the distribution the trainer computes), checked against the token count."""
+    logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+    if logprobs is None or len(logprobs) != tokens or any(x is None for x in logprobs):
+        got = "none" if logprobs is None else f"{len(logprobs)}"
+        raise RolloutError(
+            f"vLLM returned {got} sampled-token log-probs for a completion of {tokens} tokens "
+            f"(choice {choice.get('index')}); is the server older than the pinned vLLM?"
+        )
+    return [max(float(x), -1e4) for x in logprobs]  # -inf (a token of probability 0) capped
 
 
 @torch.no_grad()

@@ -48,7 +48,7 @@ from openrft.train.rollouts import (
     rollout_records,
 )
 from openrft.train.status import write_status
-from openrft.train.update import train_rows, update_policy
+from openrft.train.update import UpdateStats, train_rows, update_policy
 from openrft.types import SamplingParams
 
 
@@ -186,6 +186,7 @@ def run_steps(
             names.TOKENS_PER_S: generated / step_s,
             names.PEAK_RSS_GB: peak_rss_gb(),
             **sync_metrics,
+            **mismatch_metrics(stats),
         }
         if step == steps or (config.eval.interval and step % config.eval.interval == 0):
             record.update(validate(engine, data, config, grader, step=step))
@@ -224,6 +225,17 @@ def run_steps(
     (run_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     write_status(run_dir, status, position.step, steps)
     return summary
+
+
+def mismatch_metrics(stats: UpdateStats) -> dict[str, float]:
+    """The rollout/trainer mismatch, for engines that report their log-probs (vLLM)."""
+    if stats.sampler_kl is None:
+        return {}
+    return {
+        names.SAMPLER_KL: stats.sampler_kl,
+        names.SAMPLER_WEIGHT: stats.sampler_weight,
+        names.SAMPLER_CORRECTED: stats.sampler_corrected,
+    }
 
 
 def validate(

@@ -16,6 +16,7 @@ from openrft.algo import (
     aggregate_loss,
     clipped_policy_loss,
     lookup,
+    sampler_correction_weights,
     token_logprobs_and_entropy,
 )
 from openrft.config import AlgoConfig, TrainConfig
@@ -30,6 +31,7 @@ class TrainRow:
     token_ids: tuple[int, ...]  # prompt followed by completion
     prompt_length: int
     advantage: float
+    sampler_logprobs: tuple[float, ...] | None = None  # the rollout engine's, per completion token
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class UpdateStats:
     grad_norm: float  # mean pre-clip gradient norm over optimizer steps
     optimizer_steps: int
     trained_sequences: int  # rows that needed a forward (non-zero advantage or KL/entropy on)
+    # Rollout/trainer mismatch, over tokens whose engine reported log-probs (None: no such token)
+    sampler_kl: float | None = None  # mean of log pi_sampler - log pi_trainer: KL(sampler||trainer)
+    sampler_weight: float | None = None  # mean correction weight applied to the policy term
+    sampler_corrected: float | None = None  # share of tokens truncated or masked out
 
 
 def train_rows(groups: list[RolloutGroup], mask_truncated: bool) -> list[TrainRow]:
@@ -56,7 +62,7 @@ def train_rows(groups: list[RolloutGroup], mask_truncated: bool) -> list[TrainRo
             if not completion.token_ids:
                 continue
             ids = group.prompt_token_ids + completion.token_ids
-            rows.append(TrainRow(ids, len(group.prompt_token_ids), advantage))
+            rows.append(TrainRow(ids, len(group.prompt_token_ids), advantage, completion.logprobs))
     return rows
 
 
@@ -82,6 +88,7 @@ def update_policy(
             reference = _logprobs_no_grad(reference_model, rows, train, chunk)
 
     sums = {"policy": 0.0, "entropy": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0, "loss": 0.0}
+    mismatch = {"kl": 0.0, "weight": 0.0, "corrected": 0.0, "tokens": 0.0}
     grad_norms, trained = [], 0
     params = policy.trainable_parameters()
     for _ in range(algo.update_epochs):
@@ -100,6 +107,10 @@ def update_policy(
                 loss_B_T, clipped_B_T = clipped_policy_loss(
                     logprobs_B_T, old_B_T, advantages_B, algo.clip_low, algo.clip_high
                 )
+                sampled = [rows[i].sampler_logprobs for i in micro]
+                if any(s is not None for s in sampled):
+                    weights_B_T = _sampler_weights(old_B_T, sampled, mask_B_T, algo, mismatch)
+                    loss_B_T = loss_B_T * weights_B_T
                 sums["policy"] += float((loss_B_T.detach() * mask_B_T).sum())
                 if algo.kl_coef > 0:
                     kl_B_T = kl_fn(logprobs_B_T, _stack(reference, micro, mask_B_T))
@@ -141,7 +152,47 @@ def update_policy(
         grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
         optimizer_steps=len(grad_norms),
         trained_sequences=trained // algo.update_epochs,
+        **_mismatch_stats(mismatch),
     )
+
+
+def _sampler_weights(
+    old_B_T: torch.Tensor,
+    sampled: list[tuple[float, ...] | None],
+    mask_B_T: torch.Tensor,
+    algo: AlgoConfig,
+    mismatch: dict[str, float],
+) -> torch.Tensor:
+    """Correction weights for rows whose engine reported its log-probs (1 for the others),
+    adding the rows' mismatch to `mismatch` for the step's metrics."""
+    sampler_B_T = old_B_T.detach().clone()  # a row without the engine's log-probs: ratio 1
+    reported_B_T = torch.zeros_like(mask_B_T, dtype=torch.bool)
+    for b, logprobs in enumerate(sampled):
+        if logprobs is not None:
+            sampler_B_T[b, : len(logprobs)] = torch.tensor(logprobs, dtype=sampler_B_T.dtype)
+            reported_B_T[b, : len(logprobs)] = True
+    reported_B_T &= mask_B_T.bool()
+    weights_B_T = sampler_correction_weights(
+        old_B_T, sampler_B_T, algo.sampler_correction, algo.sampler_correction_cap
+    )
+    raw_B_T = sampler_correction_weights(old_B_T, sampler_B_T, "truncate", math.inf)
+    mismatch["kl"] += float((sampler_B_T - old_B_T.detach())[reported_B_T].sum())
+    mismatch["weight"] += float(weights_B_T[reported_B_T].sum())
+    if algo.sampler_correction != "off":  # tokens truncated (w > cap) or masked (w set to 0)
+        mismatch["corrected"] += float((weights_B_T != raw_B_T)[reported_B_T].sum())
+    mismatch["tokens"] += float(reported_B_T.sum())
+    return weights_B_T
+
+
+def _mismatch_stats(mismatch: dict[str, float]) -> dict[str, float | None]:
+    tokens = mismatch["tokens"]
+    if not tokens:
+        return {}
+    return {
+        "sampler_kl": mismatch["kl"] / tokens,
+        "sampler_weight": mismatch["weight"] / tokens,
+        "sampler_corrected": mismatch["corrected"] / tokens,
+    }
 
 
 def sequence_logprobs(

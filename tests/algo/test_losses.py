@@ -16,6 +16,7 @@ from openrft.algo import (
     kl_k3,
     lookup,
     masked_mean,
+    sampler_correction_weights,
 )
 
 E_HALF = math.exp(0.5)  # 1.64872
@@ -107,6 +108,33 @@ def test_k3_is_non_negative_and_zero_on_equal() -> None:
     ref = torch.randn(8, 16, generator=gen, dtype=torch.float64)
     assert (kl_k3(logp, ref) >= 0).all()
     assert torch.equal(kl_k3(logp, logp), torch.zeros_like(logp))
+
+
+# --- rollout/trainer mismatch correction ----------------------------------------------------
+
+
+def test_sampler_correction_weights_by_hand() -> None:
+    # Trainer (old) probabilities 0.5, 0.25, 0.3, 0.1; the sampler's 0.25, 0.5, 0.3, 0.01.
+    # Ratios pi_old / pi_sampler: 2, 0.5, 1, 10. With cap 3:
+    #   truncate -> [2, 0.5, 1, 3];  mask (keep 1/3 <= w <= 3) -> [2, 0.5, 1, 0];  off -> 1.
+    old = torch.log(t([[0.5, 0.25, 0.3, 0.1]]))
+    sampler = torch.log(t([[0.25, 0.5, 0.3, 0.01]]))
+    truncate = sampler_correction_weights(old, sampler, "truncate", cap=3.0)
+    torch.testing.assert_close(truncate, t([[2.0, 0.5, 1.0, 3.0]]))
+    mask = sampler_correction_weights(old, sampler, "mask", cap=3.0)
+    torch.testing.assert_close(mask, t([[2.0, 0.5, 1.0, 0.0]]))
+    # mask drops a too-small ratio too: 0.1 / 0.5 = 0.2 < 1/3.
+    low = sampler_correction_weights(torch.log(t([[0.1]])), torch.log(t([[0.5]])), "mask", 3.0)
+    torch.testing.assert_close(low, t([[0.0]]))
+    torch.testing.assert_close(sampler_correction_weights(old, sampler, "off", 3.0), t([[1.0] * 4]))
+    with pytest.raises(ValueError, match="unknown sampler correction 'clip'"):
+        sampler_correction_weights(old, sampler, "clip", 3.0)
+
+
+def test_sampler_correction_weights_carry_no_gradient() -> None:
+    old = torch.log(t([[0.5, 0.2]])).requires_grad_(True)
+    weights = sampler_correction_weights(old, torch.log(t([[0.4, 0.4]])), "truncate", 2.0)
+    assert not weights.requires_grad
 
 
 def test_kl_registry() -> None:

@@ -3,10 +3,15 @@ values and in gradients; zero-advantage rows need no forward."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 from transformers import AutoModelForCausalLM
 
-from openrft.train.update import TrainRow, sequence_logprobs, train_rows
+from openrft.config import AlgoConfig, TrainConfig
+from openrft.train.policy import Policy
+from openrft.train.update import TrainRow, sequence_logprobs, train_rows, update_policy
 from openrft.types import Completion, Example, Grade, RolloutGroup
 
 ROWS = [
@@ -60,3 +65,73 @@ def test_failed_and_truncated_rows_are_left_out():
         (1, 2, 3, 4, 4),
     ]
     assert [r.token_ids for r in train_rows([group], mask_truncated=True)] == [(1, 2, 3, 4, 2)]
+
+
+# -- rollouts sampled by another engine (vLLM): the mismatch correction ---------------------
+
+
+def gradient_after_update(tiny_model_dir, rows: list[TrainRow], **algo) -> tuple:
+    """The policy gradient one update_policy call leaves (SGD at lr 0: weights unchanged)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    policy = Policy(model=model, tokenizer=None, uses_lora=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    stats = update_policy(
+        policy,
+        rows,
+        optimizer,
+        scheduler,
+        AlgoConfig(**algo),
+        TrainConfig(max_grad_norm=0.0),
+        max_completion_tokens=8,
+    )
+    return model.model.layers[0].self_attn.q_proj.weight.grad.clone(), stats
+
+
+def with_sampler_logprobs(tiny_model_dir, shift: float) -> list[TrainRow]:
+    """ROWS with the engine's log-probs set to the trainer's plus `shift` on every token."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    with torch.no_grad():
+        logprobs_B_T, _, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=False)
+    return [
+        replace(row, sampler_logprobs=tuple((logprobs_B_T[b] + shift)[mask_B_T[b] > 0].tolist()))
+        for b, row in enumerate(ROWS)
+    ]
+
+
+def test_matching_sampler_logprobs_leave_the_gradient_as_it_is(tiny_model_dir):
+    plain, plain_stats = gradient_after_update(tiny_model_dir, ROWS)
+    assert plain_stats.sampler_kl is None  # no engine log-probs: nothing measured
+    matched, stats = gradient_after_update(tiny_model_dir, with_sampler_logprobs(tiny_model_dir, 0))
+    torch.testing.assert_close(matched, plain)
+    assert abs(stats.sampler_kl) < 1e-9 and abs(stats.sampler_weight - 1) < 1e-9
+    assert stats.sampler_corrected == 0
+
+
+def test_a_sampler_less_sure_than_the_trainer_is_truncated_or_masked(tiny_model_dir):
+    # The engine gave every token e^-1 of the trainer's probability: ratio e > cap 2.
+    rows = with_sampler_logprobs(tiny_model_dir, -1.0)
+    plain, _ = gradient_after_update(tiny_model_dir, ROWS)
+    truncated, stats = gradient_after_update(tiny_model_dir, rows, sampler_correction_cap=2.0)
+    torch.testing.assert_close(truncated, 2.0 * plain)  # every token weighted by the cap
+    assert abs(stats.sampler_kl + 1.0) < 1e-6 and abs(stats.sampler_weight - 2.0) < 1e-9
+    assert stats.sampler_corrected == 1.0
+    masked, stats = gradient_after_update(tiny_model_dir, rows, sampler_correction="mask")
+    assert torch.count_nonzero(masked) == 0 and stats.sampler_weight == 0.0
+    off, stats = gradient_after_update(tiny_model_dir, rows, sampler_correction="off")
+    torch.testing.assert_close(off, plain)
+    assert stats.sampler_corrected == 0 and abs(stats.sampler_kl + 1.0) < 1e-6
+
+
+def test_rows_without_engine_logprobs_keep_weight_one(tiny_model_dir):
+    # Inside the cap, truncation is the plain ratio: e^0.5 on the rows that report, 1 elsewhere.
+    shifted = with_sampler_logprobs(tiny_model_dir, -0.5)
+    mixed = [shifted[0], ROWS[1], ROWS[2], shifted[3]]
+    weighted = [ROWS[0], ROWS[3]]
+    gradient, stats = gradient_after_update(tiny_model_dir, mixed)
+    reported, _ = gradient_after_update(tiny_model_dir, weighted)
+    unreported, _ = gradient_after_update(tiny_model_dir, [ROWS[1], ROWS[2]])
+    # token_mean divides by the whole batch's tokens: 3 + 4 of 11 and 1 + 3 of 11.
+    expected = math.exp(0.5) * reported * 7 / 11 + unreported * 4 / 11
+    torch.testing.assert_close(gradient, expected)
+    assert abs(stats.sampler_weight - math.exp(0.5)) < 1e-9  # over the reporting tokens only
