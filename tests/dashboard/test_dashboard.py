@@ -273,6 +273,7 @@ def test_job_page_shows_header_alerts_and_charts(page, service):
     for chart in ("length", "entropy", "clip", "grad", "throughput", "components", "errors"):
         assert max(points(page, chart)) > 0, chart
     assert page.locator("[data-chart='kl']").count() == 0  # kl_coef 0: KL is null throughout
+    assert page.locator("[data-chart='sampler']").count() == 0  # in-process rollouts
     assert set(
         page.locator("[data-chart='components'] path.series").evaluate_all(
             "ps => ps.map(p => p.dataset.name)"

@@ -18,7 +18,13 @@ from vllm_env import VLLM_COMMAND, needs_vllm
 
 from openrft.errors import RolloutError
 from openrft.rollout.hf_engine import HFEngine, end_of_turn_ids
-from openrft.rollout.vllm_engine import PROBE_GAP, PROBE_SHIFT, VLLMEngine, WeightSyncError
+from openrft.rollout.vllm_engine import (
+    PROBE_GAP,
+    PROBE_SHIFT,
+    VLLMEngine,
+    WeightSyncError,
+    trainer_logprobs,
+)
 from openrft.rollout.vllm_server import (
     VLLMServer,
     free_port,
@@ -158,6 +164,27 @@ def test_sampling_gives_n_seeded_completions_per_prompt(served, tmp_path):
             assert len(completion.token_ids) == 8
         else:  # the end-of-turn token is kept: the trainer learns to stop
             assert completion.token_ids[-1] in engine.end_token_ids
+
+
+@needs_vllm
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sampled_logprobs_are_the_trainers_raw_logprobs(served, tmp_path, temperature):
+    # vLLM reports the log-prob of each sampled token under the raw model (before temperature),
+    # which is what the trainer computes: the two agree for the same float32 weights.
+    _, model_dir = served
+    policy = lora_policy(model_dir)
+    randomize_lora(policy, seed=4)
+    prompts = prompts_for(build_tiny_tokenizer())
+    engine = make_engine(served, tmp_path, prompts[0], policy)
+    engine.sync_weights(policy)
+    params = SamplingParams(n=3, temperature=temperature, max_new_tokens=10, seed=5)
+    for prompt, group in zip(prompts, engine.generate(prompts, params), strict=True):
+        for completion in group:
+            assert len(completion.logprobs) == len(completion.token_ids)
+            trainer = trainer_logprobs(policy, [*prompt, *completion.token_ids])
+            expected = trainer[len(prompt) - 1 :]
+            got = torch.tensor(completion.logprobs, dtype=torch.float64)
+            torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
 
 
 @needs_vllm

@@ -10,6 +10,7 @@ import psutil
 from tiny_model import make_tiny_model_dir
 from vllm_env import VLLM_COMMAND, needs_vllm
 
+from openrft.metrics import names
 from openrft.rollout.vllm_engine import PROBE_GAP, PROBE_SHIFT
 from openrft.train.loop import train
 
@@ -40,6 +41,9 @@ def test_a_job_rolls_out_with_a_vllm_server_it_starts_and_stops(tmp_path):
         assert record[PROBE_GAP] < 1e-3  # vLLM computes the trainer's float32 model
         assert math.isfinite(record[PROBE_SHIFT])  # and followed its update
         assert 0 <= record["reward/mean"] <= 1
+        if record["train/sequences_trained"]:  # the mismatch is measured on trained tokens
+            assert abs(record[names.SAMPLER_KL]) < 1e-3  # float32 on both sides
+            assert record[names.SAMPLER_CORRECTED] == 0
     log = (tmp_path / "run" / "vllm.log").read_text()
     assert "load_lora_adapter" in log  # the adapter was hot-loaded, not the base re-read
     assert vllm_children() == []  # the server the job started is gone

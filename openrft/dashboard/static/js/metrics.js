@@ -30,6 +30,9 @@ export const K = {
   rewardS: "time/reward_s",
   updateS: "time/update_s",
   tokensPerS: "throughput/completion_tokens_per_s",
+  samplerKl: "rollout/sampler_kl",
+  samplerCorrected: "rollout/sampler_corrected_ratio",
+  probeGap: "rollout/probe_logprob_gap",
   val: "val/reward/mean",
   valStd: "val/reward/std",
   valErrorRate: "val/reward/error_rate",
@@ -166,6 +169,19 @@ export const JOB_CHARTS = [
     build: (rows) => ({ series: [{ name: "clip ratio", color: ORANGE, points: column(rows, K.clip) }] }),
   },
   {
+    id: "sampler",
+    title: "Rollout engine vs trainer",
+    subtitle: "nats per token: KL(engine ‖ trainer) on trained tokens, probe gap after sync",
+    show: (rows) => hasValues(rows, K.samplerKl) || hasValues(rows, K.probeGap),
+    zero: true,
+    build: (rows) => ({
+      series: [
+        { name: "sampler KL", color: RED, points: column(rows, K.samplerKl) },
+        { name: "probe gap", color: PURPLE, points: column(rows, K.probeGap) },
+      ],
+    }),
+  },
+  {
     id: "grad",
     title: "Gradient norm",
     subtitle: "before clipping",
@@ -248,6 +264,7 @@ export function compareCharts(rowsPerJob) {
     { id: "entropy", title: "Policy entropy", key: K.entropy, zero: true },
     { id: "kl", title: "KL to reference", key: K.kl, zero: true },
     { id: "clip", title: "Clip ratio", key: K.clip, zero: true },
+    { id: "sampler", title: "Rollout engine vs trainer (KL)", key: K.samplerKl, zero: true },
     { id: "grad", title: "Gradient norm", key: K.gradNorm, zero: true },
     { id: "throughput", title: "Throughput (completion tokens / s)", key: K.tokensPerS, zero: true },
     { id: "errors", title: "Grader error rate", key: K.errorRate, zero: true },
