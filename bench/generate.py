@@ -13,6 +13,13 @@ under 3% and is left out). The peaks are measured again after each model and the
 rate seen is used, since a shared machine's neighbours only ever slow a measurement down.
 "of bound" is tokens/s divided by that bound; the table is printed at the end.
 
+A decode step also reads every weight once, whatever the batch, so below a few hundred rows it
+is bound by memory bandwidth, not by compute. The run measures that too (the best of a few
+large copies) and prints the roofline, min(compute bound, bandwidth x batch / weight bytes),
+with "of roofline": that is how close a decoder can come on this machine. (SmolLM2 in bf16 at
+batch 64 reads 270 MB a step; at 10 GB/s that caps it near 2,400 tokens/s, below the compute
+bound of an AMX CPU.)
+
     .venv/bin/python bench/generate.py [--models smollm2-135m-instruct ...] [--batches 1 8 64]
                                        [--new-tokens 64] [--dtypes bfloat16 float32]
 """
@@ -46,6 +53,24 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float
             a @ b
         rates.append(2 * size**3 * repeats / (time.perf_counter() - started))
     return max(rates)
+
+
+def memory_bandwidth(megabytes: int = 512) -> float:
+    """Bytes per second a large copy moves (read plus write): the best of three."""
+    source = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        target.copy_(source)
+        rates.append(2 * source.nbytes / (time.perf_counter() - started))
+    return max(rates)
+
+
+def weight_bytes(model: torch.nn.Module, dtype: torch.dtype) -> float:
+    """Bytes of weights a decode step reads in `dtype`: flops_per_token's weights."""
+    return flops_per_token(model) / 2 * torch.finfo(dtype).bits / 8
 
 
 def flops_per_token(model: torch.nn.Module) -> float:
@@ -83,7 +108,8 @@ def main() -> None:
 
     # Both peaks, whatever --dtypes says: the bound is the machine's, not the run's.
     peaks = {name: [matmul_peak(getattr(torch, name))] for name in ("bfloat16", "float32")}
-    rows = []  # (model, dtype, batch, compact tok/s, transformers tok/s, FLOPs per token)
+    bandwidths = [memory_bandwidth()]
+    rows = []  # (model, dtype, batch, compact tok/s, transformers tok/s, FLOPs, weight bytes)
     for model_name in args.models:
         for dtype in args.dtypes:
             model, tokenizer = load_model(model_name, dtype)
@@ -98,27 +124,42 @@ def main() -> None:
                     for name, engine in engines.items():
                         runs[name].append(throughput(engine, prompt_ids, batch, args.new_tokens))
                 rate = {name: statistics.median(values) for name, values in runs.items()}
-                rows.append((model_name, dtype, batch, *rate.values(), flops_per_token(model)))
+                rows.append(
+                    (
+                        model_name,
+                        dtype,
+                        batch,
+                        *rate.values(),
+                        flops_per_token(model),
+                        weight_bytes(model, getattr(torch, dtype)),
+                    )
+                )
                 print(f"measured {rows[-1][:5]}", flush=True)
             del model, engines
             for name, values in peaks.items():
                 values.append(matmul_peak(getattr(torch, name)))
+            bandwidths.append(memory_bandwidth())
 
     for name, values in peaks.items():
         runs_text = " ".join(f"{v / 1e9:.0f}" for v in values)
         print(f"{name} matmul peak: {max(values) / 1e9:.0f} GFLOP/s (runs: {runs_text})")
     best = max(peaks, key=lambda name: max(peaks[name]))
     peak = max(peaks[best])
-    print(f"compute bound from the {best} peak, {torch.get_num_threads()} threads\n")
+    print(f"compute bound from the {best} peak, {torch.get_num_threads()} threads")
+    bandwidth = max(bandwidths)
+    runs_text = " ".join(f"{b / 1e9:.1f}" for b in bandwidths)
+    print(f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s (runs: {runs_text})\n")
     print(
         f"{'model':<30}{'dtype':<10}{'batch':>6}{'compact':>10}{'transformers':>14}"
-        f"{'speedup':>9}{'bound':>8}{'of bound':>10}"
+        f"{'speedup':>9}{'bound':>8}{'of bound':>10}{'roofline':>10}{'of roofline':>13}"
     )
-    for model_name, dtype, batch, compact, transformers, flops in rows:
+    for model_name, dtype, batch, compact, transformers, flops, weights in rows:
         bound = peak / flops
+        roofline = min(bound, bandwidth * batch / weights)
         print(
             f"{model_name:<30}{dtype:<10}{batch:>6}{compact:>10.1f}{transformers:>14.1f}"
             f"{compact / transformers:>8.2f}x{bound:>8.0f}{compact / bound:>10.1%}"
+            f"{roofline:>10.0f}{compact / roofline:>13.1%}"
         )
 
 

@@ -10,6 +10,11 @@ A third side, openrft-bf16, runs openrft with `model.dtype = "bfloat16"` (the fr
 computes in bf16; LoRA adapters and Adam state stay float32) and `rollout.dtype = "bfloat16"`
 (rollouts from a merged bf16 copy): openrft's own speed settings, everything else equal.
 
+A fourth side, openrft-vllm, runs openrft with `rollout.engine = "vllm"`: rollouts from a vLLM
+server the job starts (`--vllm-command`; by default the CPU build `make vllm` puts in
+.venv-vllm), the LoRA adapter hot-loaded and probed after every update. The server's start
+is not part of a step; its memory is (the peak RSS adds the server's, a child process).
+
 Each side runs in its own subprocess, so its peak RSS is its own. Prints, per side: median
 seconds per step over the measured steps (the first step is a warm-up and not counted),
 completion tokens per second, peak RSS and the reward per step, openrft's median rollout and
@@ -17,14 +22,16 @@ update seconds; then openrft / TRL ratios. The bf16 side pays only on CPUs with 
 or AMX (bench/generate.py prints both matmul peaks); skip it elsewhere with --sides.
 
     .venv/bin/pip install -e '.[bench]'     # TRL is a bench extra, not a dependency
-    .venv/bin/python bench/grpo_step.py [--steps 6] [--sides openrft trl]
+    .venv/bin/python bench/grpo_step.py [--steps 6] [--sides openrft trl] [--vllm-command CMD]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -33,7 +40,8 @@ import time
 from pathlib import Path
 
 PROMPTS, GROUP, MAX_NEW, LR, SEED = 8, 8, 16, 2e-4, 0
-SIDES = ("openrft", "openrft-bf16", "trl")
+SIDES = ("openrft", "openrft-bf16", "openrft-vllm", "trl")
+LOCAL_VLLM = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 
 
 # openrft's own speed settings, run as a third side: bf16 compute for the frozen base (the
@@ -166,12 +174,30 @@ def run_trl(steps: int) -> dict:
     }
 
 
-def side(name: str, steps: int, out: Path) -> None:
+def vllm_overrides(command: str) -> tuple[str, ...]:
+    """openrft-vllm: rollouts from a vLLM server the job starts with `command`."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; the CPU build's KV cache
+    return (
+        'rollout.engine="vllm"',
+        f"vllm.command={json.dumps(command)}",
+        "vllm.max_model_len=1024",
+        # One scheduler step holds a rollout step's 64 prompts: the CPU build crashes on a
+        # seeded request prefilled in chunks (openrft.rollout.vllm_server.KNOWN_FAILURES).
+        'vllm.extra_args=["--max-num-batched-tokens", "16384"]',
+    )
+
+
+def side(name: str, steps: int, out: Path, vllm_command: str) -> None:
     if name == "trl":
         result = run_trl(steps)
+    elif name == "openrft-vllm":
+        result = run_openrft(steps, vllm_overrides(vllm_command))
     else:
         result = run_openrft(steps, tuple(BF16) if name == "openrft-bf16" else ())
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if name == "openrft-vllm":  # the vLLM server (the largest child) holds its own copy
+        peak_kb += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["peak_rss_gb"] = peak_kb / 1024**2
     out.write_text(json.dumps(result))
 
 
@@ -196,13 +222,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="measured steps (after 1 warm-up)")
     parser.add_argument(
-        "--sides", nargs="+", choices=SIDES, default=list(SIDES), help="sides to run (trl last)"
+        "--sides",
+        nargs="+",
+        choices=SIDES,
+        # openrft-vllm by default only where `make vllm` built vLLM's environment
+        default=[s for s in SIDES if s != "openrft-vllm" or LOCAL_VLLM.exists()],
+        help="sides to run (trl last)",
+    )
+    parser.add_argument(
+        "--vllm-command",
+        default=f"{shlex.quote(str(LOCAL_VLLM))} -m vllm.entrypoints.openai.api_server",
+        help="how openrft-vllm starts vLLM (default: the .venv-vllm that make vllm builds)",
     )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        side(args.side, args.steps, args.out)
+        side(args.side, args.steps, args.out, args.vllm_command)
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,10 +254,12 @@ def main() -> None:
                 str(args.steps),
                 "--out",
                 str(out),
+                "--vllm-command",
+                args.vllm_command,
             ]
-            subprocess.run(
-                command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if done.returncode != 0:  # the side's own error, not only its exit status
+                sys.exit(f"{name} failed:\n{done.stderr.decode(errors='replace')[-4000:]}")
             results[name] = summarize(json.loads(out.read_text()))
     print(f"\n{'':<14}{'s/step':>10}{'tokens/s':>11}{'peak RSS GB':>13}   reward per step")
     for name, r in results.items():

@@ -9,6 +9,7 @@ sync needs: runtime LoRA loading, or the dev-mode RPC that reloads full weights 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -133,8 +134,33 @@ def free_port() -> int:
         sock.close()
 
 
+EXCEPTION_LINE = re.compile(r"(?:^|\] )([\w.]*(?:Error|Exception): .*)$")
+# Failures of a vLLM version whose log line alone does not say what to do about them.
+KNOWN_FAILURES = {
+    "CPU Generator does not use offset": (
+        "vLLM's CPU build (0.32) crashes on a seeded request whose prompt is prefilled in "
+        "several chunks. Let one scheduler step hold a whole rollout step's prompt tokens "
+        "(prompts x samples x prompt length): vllm.extra_args = "
+        '["--max-num-batched-tokens", "16384"] (its CPU default is 2048).'
+    ),
+}
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
+    """The end of a vLLM log, after the root cause when it lies further up (an engine
+    failure ends with pages of follow-on tracebacks) and what to do about a known one."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace")
     except OSError:
         return "(no log)"
+    tail = "\n".join(text.splitlines()[-lines:])
+    # An exception line, bare or after vLLM's "(Process pid=N) ERROR date [file:line] " prefix.
+    causes = [
+        match.group(1)
+        for line in text.splitlines()
+        if (match := EXCEPTION_LINE.search(line)) and "EngineDeadError" not in line
+    ]
+    if causes and causes[0] not in tail:
+        tail = f"{tail}\nthe first exception further up the log:\n{causes[0]}"
+    hints = [hint for marker, hint in KNOWN_FAILURES.items() if marker in text]
+    return "\n".join([tail, *hints])

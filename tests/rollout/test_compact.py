@@ -125,14 +125,27 @@ def test_bfloat16_copy_follows_the_float_model(llama):
         llama.double()
 
 
-@pytest.mark.skipif(not can_pack(torch.float32), reason="this torch build has no MKL")
-def test_packed_weights_give_the_same_logits(llama):
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"),
+    # float32: MKL's packed GEMM; bfloat16: oneDNN's packed weight (bf16 rounding, as unpacked)
+    [(torch.float32, 1e-4), (torch.bfloat16, 0.1)],
+)
+def test_packed_weights_give_the_same_logits(llama, dtype, tolerance):
+    if not can_pack(dtype):
+        pytest.skip(f"no packed {dtype} format here (MKL, or oneDNN with bf16 instructions)")
     model = llama.float()
     try:
         # 3 prompts x 2 samples = 6 rows: the packed path, then 3 rows after the drop.
-        decoder = CompactDecoder(model, torch.float32, packed_rows=6)
+        decoder = CompactDecoder(model, dtype, packed_rows=6)
         assert decoder.layers[0].qkv.packed is not None and decoder.head_packed is not None
-        assert _step_by_step(decoder, model) < 1e-4
+        assert _step_by_step(decoder, model) < tolerance
+        # The packed product is the plain product, at the packed row count and another.
+        projection = decoder.layers[1].gate_up
+        for rows in (6, 5):
+            x = torch.randn(rows, 1, model.config.hidden_size, dtype=dtype)
+            torch.testing.assert_close(projection(x), x @ projection.weight_t)
+        # oneDNN's packed form serves any row count, so finished rows leave at once.
+        assert decoder.drop_finished(6, 5) is (dtype == torch.bfloat16)
     finally:
         llama.double()
 

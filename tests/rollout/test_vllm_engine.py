@@ -28,6 +28,7 @@ from openrft.rollout.vllm_engine import (
 from openrft.rollout.vllm_server import (
     VLLMServer,
     free_port,
+    log_tail,
     serve_arguments,
     start_server,
 )
@@ -72,6 +73,25 @@ def test_a_server_that_never_answers_times_out(tmp_path):
         start_server("sh -c 'sleep 60' --", ["--port", str(free_port())], tmp_path / "log", 2)
 
 
+def test_a_log_tail_names_the_root_cause_and_a_known_fix(tmp_path):
+    log = tmp_path / "vllm.log"
+    lines = [
+        "(APIServer pid=1) WARNING [utils.py:9] failed with error: limit exceeds maximum",
+        "(Worker pid=2) ERROR 12-05 [executor.py:1063] RuntimeError: CPU Generator does not "
+        "use offset",
+        *[f"(EngineCore pid=3) ERROR [core.py:1] follow-on traceback line {i}" for i in range(40)],
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
+    ]
+    log.write_text("\n".join(lines))
+    tail = log_tail(log)
+    assert "follow-on traceback line 39" in tail and "line 5\n" not in tail  # the last 25
+    assert "further up the log:\nRuntimeError: CPU Generator does not use offset" in tail
+    assert "--max-num-batched-tokens" in tail  # what to do about this one
+    log.write_text("INFO starting\nValueError: bad flag --foo\n")
+    assert "further up" not in log_tail(log)  # the cause is in the tail already
+    assert log_tail(tmp_path / "missing.log") == "(no log)"
+
+
 # -- against a real vLLM server -----------------------------------------------------------
 
 
@@ -97,6 +117,14 @@ def make_engine(served, tmp_path, probe_ids, model) -> VLLMEngine:
     return VLLMEngine(
         client_side, "tiny", tokenizer, end_of_turn_ids(model, tokenizer), tmp_path, probe_ids
     )
+
+
+def lora_engine(served, tmp_path) -> tuple[peft.PeftModel, list[list[int]], VLLMEngine]:
+    """A LoRA policy on the served model, the test prompts, and an engine probing the first."""
+    _, model_dir = served
+    policy = lora_policy(model_dir)
+    prompts = prompts_for(build_tiny_tokenizer())
+    return policy, prompts, make_engine(served, tmp_path, prompts[0], policy)
 
 
 def prompts_for(tokenizer) -> list[list[int]]:
@@ -127,12 +155,8 @@ def randomize_lora(policy: nn.Module, seed: int) -> None:
 def test_greedy_completions_match_the_in_process_engine_before_and_after_a_lora_sync(
     served, tmp_path
 ):
-    _, model_dir = served
-    policy = lora_policy(model_dir)
-    tokenizer = build_tiny_tokenizer()
-    prompts = prompts_for(tokenizer)
-    engine = make_engine(served, tmp_path, prompts[0], policy)
-    local = HFEngine(policy, tokenizer)
+    policy, prompts, engine = lora_engine(served, tmp_path)
+    local = HFEngine(policy, engine.tokenizer)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
     assert engine.generate(prompts, greedy) == local.generate(prompts, greedy)
 
@@ -149,10 +173,7 @@ def test_greedy_completions_match_the_in_process_engine_before_and_after_a_lora_
 
 @needs_vllm
 def test_sampling_gives_n_seeded_completions_per_prompt(served, tmp_path):
-    _, model_dir = served
-    policy = lora_policy(model_dir)
-    prompts = prompts_for(build_tiny_tokenizer())
-    engine = make_engine(served, tmp_path, prompts[0], policy)
+    policy, prompts, engine = lora_engine(served, tmp_path)
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=11)
     groups = engine.generate(prompts, params)
     assert [len(group) for group in groups] == [4, 4]
@@ -171,11 +192,8 @@ def test_sampling_gives_n_seeded_completions_per_prompt(served, tmp_path):
 def test_sampled_logprobs_are_the_trainers_raw_logprobs(served, tmp_path, temperature):
     # vLLM reports the log-prob of each sampled token under the raw model (before temperature),
     # which is what the trainer computes: the two agree for the same float32 weights.
-    _, model_dir = served
-    policy = lora_policy(model_dir)
+    policy, prompts, engine = lora_engine(served, tmp_path)
     randomize_lora(policy, seed=4)
-    prompts = prompts_for(build_tiny_tokenizer())
-    engine = make_engine(served, tmp_path, prompts[0], policy)
     engine.sync_weights(policy)
     params = SamplingParams(n=3, temperature=temperature, max_new_tokens=10, seed=5)
     for prompt, group in zip(prompts, engine.generate(prompts, params), strict=True):
@@ -189,10 +207,7 @@ def test_sampled_logprobs_are_the_trainers_raw_logprobs(served, tmp_path, temper
 
 @needs_vllm
 def test_a_sync_that_does_not_reach_vllm_stops_the_job(served, tmp_path, monkeypatch):
-    _, model_dir = served
-    policy = lora_policy(model_dir)
-    prompts = prompts_for(build_tiny_tokenizer())
-    engine = make_engine(served, tmp_path / "sync", prompts[0], policy)
+    policy, _, engine = lora_engine(served, tmp_path / "sync")
     randomize_lora(policy, seed=2)
     engine.sync_weights(policy)
     stale = shutil.copytree(tmp_path / "sync" / "weights-1", tmp_path / "stale")
@@ -234,9 +249,6 @@ def test_full_weights_are_reloaded_in_place(served, tmp_path):
 
 @needs_vllm
 def test_a_bad_request_names_the_server_and_its_answer(served, tmp_path):
-    _, model_dir = served
-    policy = lora_policy(model_dir)
-    prompts = prompts_for(build_tiny_tokenizer())
-    engine = make_engine(served, tmp_path, prompts[0], policy)
+    policy, prompts, engine = lora_engine(served, tmp_path)
     with pytest.raises(RolloutError, match="answered 400"):
         engine.generate([list(range(5))], SamplingParams(n=1, max_new_tokens=100_000))
