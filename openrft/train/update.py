@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from openrft.algo import (
     KL_ESTIMATORS,
@@ -214,14 +212,11 @@ def sequence_logprobs(
     blocked = torch.finfo(dtype).min  # additive mask: eager and SDPA attention both take it
     mask_U_1_S_S = torch.zeros(packed.allowed_U_S_S.shape, dtype=dtype, device=device)
     mask_U_1_S_S = mask_U_1_S_S.masked_fill(~packed.allowed_U_S_S.to(device), blocked)[:, None]
-    units, length = packed.ids_U_S.shape
-    scores = units * causal_lm.config.num_attention_heads * length * length
-    with attention_backend(device, dtype, scores):
-        hidden_U_S_H = causal_lm.get_decoder()(
-            input_ids=packed.ids_U_S.to(device),
-            position_ids=packed.positions_U_S.to(device),
-            attention_mask=mask_U_1_S_S,
-        ).last_hidden_state
+    hidden_U_S_H = causal_lm.get_decoder()(
+        input_ids=packed.ids_U_S.to(device),
+        position_ids=packed.positions_U_S.to(device),
+        attention_mask=mask_U_1_S_S,
+    ).last_hidden_state
     hidden_N_H = hidden_U_S_H.flatten(0, 1)[packed.predictor_N.to(device)]
 
     completions = [r.token_ids[r.prompt_length :] for r in rows]
@@ -240,25 +235,6 @@ def sequence_logprobs(
     if entropy_N is not None:
         entropy_B_T = entropy_B_T.masked_scatter(selected, entropy_N.to(entropy_B_T.dtype))
     return logprobs_B_T, entropy_B_T, mask_B_T
-
-
-# Attention scores per layer (groups x heads x S x S) up to which the bf16 update on a CPU
-# uses the math kernel: it keeps them for backward, so beyond this the flash kernel's
-# O(S) memory wins (the SST-2 demo's 8 groups of 170 tokens x 9 heads are 2.1M).
-MATH_ATTENTION_MAX_SCORES = 4_000_000
-
-
-def attention_backend(
-    device: torch.device, dtype: torch.dtype, scores: int
-) -> AbstractContextManager:
-    """The SDPA kernel for the update's forward (its backward follows the forward's choice).
-    On a CPU in bf16, PyTorch's flash kernel with a mask is slow backwards: forward plus
-    backward of one SmolLM2 layer over 8 packed groups of 170 tokens took 48 ms against the
-    math kernel's 25 ms (float32: 20 against 25, so float32 keeps the default), and a GRPO
-    step's update 0.3-1.0 s less (bench/grpo_step.py, openrft-bf16) for ~0.5 GB more memory."""
-    if device.type == "cpu" and dtype == torch.bfloat16 and scores <= MATH_ATTENTION_MAX_SCORES:
-        return sdpa_kernel([SDPBackend.MATH])
-    return nullcontext()
 
 
 @dataclass(frozen=True)

@@ -4,22 +4,14 @@ values and in gradients; zero-advantage rows need no forward."""
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import replace
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from openrft.config import AlgoConfig, TrainConfig
 from openrft.train.policy import Policy
-from openrft.train.update import (
-    TrainRow,
-    attention_backend,
-    sequence_logprobs,
-    train_rows,
-    update_policy,
-)
+from openrft.train.update import TrainRow, sequence_logprobs, train_rows, update_policy
 from openrft.types import Completion, Example, Grade, RolloutGroup
 
 ROWS = [
@@ -143,26 +135,3 @@ def test_rows_without_engine_logprobs_keep_weight_one(tiny_model_dir):
     expected = math.exp(0.5) * reported * 7 / 11 + unreported * 4 / 11
     torch.testing.assert_close(gradient, expected)
     assert abs(stats.sampler_weight - math.exp(0.5)) < 1e-9  # over the reporting tokens only
-
-
-def test_the_bf16_update_on_a_cpu_uses_the_math_attention_kernel_while_scores_are_few():
-    cpu = torch.device("cpu")
-    assert not isinstance(attention_backend(cpu, torch.bfloat16, 2_000_000), nullcontext)
-    assert isinstance(attention_backend(cpu, torch.bfloat16, 10**8), nullcontext)  # memory
-    assert isinstance(attention_backend(cpu, torch.float32, 2_000_000), nullcontext)
-
-
-def test_bf16_logprobs_and_gradients_agree_across_attention_kernels(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
-    results = []
-    for limit in (10**9, 0):  # the math kernel, then the default (flash) kernel
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("openrft.train.update.MATH_ATTENTION_MAX_SCORES", limit)
-            model.zero_grad()
-            logprobs_B_T, _, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=False)
-            (logprobs_B_T * mask_B_T).sum().backward()
-            grad = model.model.layers[0].self_attn.q_proj.weight.grad.float().clone()
-            results.append((logprobs_B_T.detach(), grad))
-    (math_logprobs, math_grad), (flash_logprobs, flash_grad) = results
-    torch.testing.assert_close(math_logprobs, flash_logprobs, atol=0.05, rtol=0)
-    torch.testing.assert_close(math_grad, flash_grad, atol=0.05, rtol=0.05)
