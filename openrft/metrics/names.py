@@ -15,6 +15,8 @@ ENTROPY = "policy/entropy"
 KL = "policy/kl"
 CLIP_RATIO = "policy/clip_ratio"
 # Rollouts from another engine than the trainer (vLLM): how far apart the two are.
+PROBE_GAP = "rollout/probe_logprob_gap"  # mean |vLLM - trainer| log-prob on the probe, nats
+PROBE_SHIFT = "rollout/probe_logprob_shift"  # mean change of vLLM's probe log-probs this sync
 SAMPLER_KL = "rollout/sampler_kl"  # mean log pi_sampler - log pi_trainer over trained tokens
 SAMPLER_WEIGHT = "rollout/sampler_weight_mean"  # mean correction weight on the policy term
 SAMPLER_CORRECTED = "rollout/sampler_corrected_ratio"  # share of tokens truncated or masked

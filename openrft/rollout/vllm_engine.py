@@ -24,12 +24,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from openrft.errors import RolloutError
+from openrft.metrics import names
 from openrft.rollout.engine import completion_from_tokens
 from openrft.rollout.vllm_server import VLLMServer, log_tail
 from openrft.types import Completion, SamplingParams
 
-PROBE_GAP = "rollout/probe_logprob_gap"  # mean |vLLM - trainer| log-prob on the probe, nats
-PROBE_SHIFT = "rollout/probe_logprob_shift"  # mean change of vLLM's probe log-probs this sync
 MAX_PROBE_TOKENS = 256
 # The trainer's probe log-probs moved by more than this, vLLM's by less than STILL: stale.
 MOVED, STILL = 1e-5, 1e-7
@@ -148,7 +147,7 @@ class VLLMEngine:
                 f"or partly applied weights, or another dtype: see vllm.dtype)"
             )
         self.last_probe = (trainer, engine)
-        return {PROBE_GAP: gap, PROBE_SHIFT: shift}
+        return {names.PROBE_GAP: gap, names.PROBE_SHIFT: shift}
 
     def engine_logprobs(self) -> torch.Tensor:
         """vLLM's log-prob of each probe token after the first, given the tokens before it."""

@@ -175,7 +175,7 @@ def _sampler_weights(
     weights_B_T = sampler_correction_weights(
         old_B_T, sampler_B_T, algo.sampler_correction, algo.sampler_correction_cap
     )
-    raw_B_T = sampler_correction_weights(old_B_T, sampler_B_T, "truncate", math.inf)
+    raw_B_T = torch.exp(old_B_T.detach() - sampler_B_T)  # the ratio before bounding
     mismatch["kl"] += float((sampler_B_T - old_B_T.detach())[reported_B_T].sum())
     mismatch["weight"] += float(weights_B_T[reported_B_T].sum())
     if algo.sampler_correction != "off":  # tokens truncated (w > cap) or masked (w set to 0)

@@ -17,10 +17,9 @@ from transformers import AutoModelForCausalLM
 from vllm_env import VLLM_COMMAND, needs_vllm
 
 from openrft.errors import RolloutError
+from openrft.metrics.names import PROBE_GAP, PROBE_SHIFT
 from openrft.rollout.hf_engine import HFEngine, end_of_turn_ids
 from openrft.rollout.vllm_engine import (
-    PROBE_GAP,
-    PROBE_SHIFT,
     VLLMEngine,
     WeightSyncError,
     trainer_logprobs,

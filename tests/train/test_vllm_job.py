@@ -11,7 +11,6 @@ from tiny_model import make_tiny_model_dir
 from vllm_env import VLLM_COMMAND, needs_vllm
 
 from openrft.metrics import names
-from openrft.rollout.vllm_engine import PROBE_GAP, PROBE_SHIFT
 from openrft.train.loop import train
 
 from .helpers import tiny_job
@@ -38,8 +37,8 @@ def test_a_job_rolls_out_with_a_vllm_server_it_starts_and_stops(tmp_path):
     steps = [r for r in records if r["step"] > 0]
     assert len(steps) == 2
     for record in steps:
-        assert record[PROBE_GAP] < 1e-3  # vLLM computes the trainer's float32 model
-        assert math.isfinite(record[PROBE_SHIFT])  # and followed its update
+        assert record[names.PROBE_GAP] < 1e-3  # vLLM computes the trainer's float32 model
+        assert math.isfinite(record[names.PROBE_SHIFT])  # and followed its update
         assert 0 <= record["reward/mean"] <= 1
         if record["train/sequences_trained"]:  # the mismatch is measured on trained tokens
             assert abs(record[names.SAMPLER_KL]) < 1e-3  # float32 on both sides
