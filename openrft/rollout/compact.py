@@ -71,6 +71,29 @@ class _Projection:
         result = packed_matmul(x, self.packed, self.weight_t.T, self.packed_rows)
         return x @ self.weight_t if result is None else result
 
+    # oneDNN applies an elementwise op to a packed bf16 matmul's output while it is still in
+    # registers ("post-ops"): one pass instead of two or three over a (rows, out) tensor.
+    def fuses(self, x: torch.Tensor) -> bool:
+        return self.packed is not None and x.dtype == torch.bfloat16
+
+    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + x @ W."""
+        if self.fuses(x):
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
+        return residual + self(x)
+
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(x @ W) (oneDNN calls silu "swish")."""
+        if self.fuses(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "swish", [], "")
+        return F.silu(self(x))
+
+    def times(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """(x @ W) * factor."""
+        if self.fuses(x):
+            return torch.ops.mkldnn._linear_pointwise.binary(x, factor, self.packed, None, "mul")
+        return self(x) * factor
+
 
 def can_pack(dtype: torch.dtype) -> bool:
     """A packed weight format exists: MKL's for float32, oneDNN's for bfloat16 on CPUs with
@@ -122,9 +145,37 @@ class _Layer:
     post_norm: torch.Tensor
     gate_up: _Projection  # (hidden, 2 * intermediate): gate, then up
     down: _Projection
+    # gate_up's two halves, packed on their own where oneDNN fuses silu into the gate's
+    # matmul and the product with it into the up's (bfloat16), instead of gate_up.
+    gate: _Projection
+    up: _Projection
 
-    def projections(self) -> tuple[_Projection, ...]:
-        return self.qkv, self.out, self.gate_up, self.down
+    def packing(self, split_gate_up: bool) -> list[tuple[_Projection, tuple[str, ...]]]:
+        """The projections to pack, each with the parameters (names within the layer) it is
+        made of."""
+        if split_gate_up:
+            feed_forward = [
+                (self.gate, ("mlp.gate_proj.weight",)),
+                (self.up, ("mlp.up_proj.weight",)),
+            ]
+        else:
+            feed_forward = [(self.gate_up, ("mlp.gate_proj.weight", "mlp.up_proj.weight"))]
+        qkv = tuple(
+            f"self_attn.{name}_proj.{kind}" for name in "qkv" for kind in ("weight", "bias")
+        )
+        return [
+            (self.qkv, qkv),
+            (self.out, ("self_attn.o_proj.weight",)),
+            *feed_forward,
+            (self.down, ("mlp.down_proj.weight",)),
+        ]
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(x @ gate) * (x @ up)."""
+        if self.gate.packed is not None:
+            return self.up.times(x, self.gate.silu(x))
+        gate, up = self.gate_up(x).chunk(2, -1)
+        return F.silu(gate) * up
 
 
 class CompactDecoder:
@@ -150,6 +201,11 @@ class CompactDecoder:
         # Decode steps with this many rows use MKL-packed weights (0 or no MKL: never).
         self.packed_rows = packed_rows if can_pack(dtype) and self.device.type == "cpu" else 0
         self.head_packed: torch.Tensor | None = None
+        # The KV cache and the decode step's attention run in float32 on the CPU whatever the
+        # weights' dtype: the many small per-row matmuls of one-query attention are 3-6x
+        # slower in bfloat16 there (bench/generate.py, SmolLM2 bf16 batch 64: 93 -> 80 ms a
+        # step), and the cache is a few MB a layer.
+        self.attention_dtype = torch.float32 if self.device.type == "cpu" else dtype
         self._allocate(policy)
         self.sync(policy)
 
@@ -186,6 +242,8 @@ class CompactDecoder:
                 post_norm=self._empty(hidden),
                 gate_up=_Projection(gate_up_t),
                 down=_Projection(self._empty(intermediate, hidden)),
+                gate=_Projection(gate_up_t[:, :intermediate]),
+                up=_Projection(gate_up_t[:, intermediate:]),
             )
             self._slots[prefix + "input_layernorm.weight"] = layer.input_norm
             self._slots[prefix + "post_attention_layernorm.weight"] = layer.post_norm
@@ -195,8 +253,9 @@ class CompactDecoder:
         self.tied = "lm_head.weight" not in shapes  # tied weights are listed once
         self._synced_once = False
 
-    def _empty(self, *shape: int) -> torch.Tensor:
-        return torch.empty(shape, dtype=self.dtype, device=self.device)
+    def _empty(self, *shape: int, attention: bool = False) -> torch.Tensor:
+        dtype = self.attention_dtype if attention else self.dtype
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
     @torch.no_grad()
     def sync(self, policy: nn.Module) -> None:
@@ -213,9 +272,10 @@ class CompactDecoder:
         if self.tied:
             self.lm_head = self.embed
         if self.packed_rows:
+            split_gate_up = self.dtype == torch.bfloat16  # oneDNN, which fuses post-ops
             for layer_index, layer in enumerate(self.layers):
                 prefix = f"model.layers.{layer_index}."
-                for projection, sources in zip(layer.projections(), _SOURCES, strict=True):
+                for projection, sources in layer.packing(split_gate_up):
                     if any(prefix + source in changed for source in sources):
                         projection.pack(self.packed_rows)
             if changed & {"lm_head.weight", "model.embed_tokens.weight"}:
@@ -258,28 +318,32 @@ class CompactDecoder:
         x_P_L_H = self.embed[input_ids_P_L]
         self.prompt_keys, self.prompt_values = [], []
         for layer in self.layers:
-            q, k, v = self._project(layer, x_P_L_H)  # (P, heads, L, D)
-            q, k = _rotate(q, cos_P_1_L_D, sin_P_1_L_D), _rotate(k, cos_P_1_L_D, sin_P_1_L_D)
+            q, k, v = self._project(layer, x_P_L_H, cos_P_1_L_D, sin_P_1_L_D)  # (P, heads, L, D)
             attended = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed_P_1_L_L, enable_gqa=True
             )
             x_P_L_H = self._finish_layer(layer, x_P_L_H, attended.transpose(1, 2).flatten(2))
-            self.prompt_keys.append(k.transpose(-1, -2).contiguous())  # (P, kv, D, L)
-            self.prompt_values.append(v.contiguous())
+            keys_P_K_D_L = k.transpose(-1, -2).to(self.attention_dtype).contiguous()
+            self.prompt_keys.append(keys_P_K_D_L)
+            self.prompt_values.append(v.to(self.attention_dtype).contiguous())
         rows = prompts * repeats
-        # Keys are kept transposed, (rows, kv, D, columns): a batched q @ K over a transposed
-        # view is 2-3x slower for these small per-row matrices.
-        key_shape = (rows, self.kv_heads, self.head_dim, room)
-        self.generated_keys = [self._empty(*key_shape) for _ in self.layers]
-        self.generated_values = [
-            self._empty(rows, self.kv_heads, room, self.head_dim) for _ in self.layers
-        ]
+        # Column-major, (columns, rows, kv, D): a step writes one contiguous block per layer
+        # instead of a strided one per row and head (the caches are out of the CPU's caches
+        # by then), and the batched matmuls read a column's rows with a stride, at no extra
+        # cost. Write plus attention: 480 -> 360 us a layer at batch 64 (SmolLM2, fp32 cache).
+        shape = (room, rows, self.kv_heads, self.head_dim)
+        self.generated_keys = [self._empty(*shape, attention=True) for _ in self.layers]
+        self.generated_values = [self._empty(*shape, attention=True) for _ in self.layers]
         self.generated = 0  # columns of the generated-token cache in use
         self.prompts, self.repeats = prompts, repeats
         self.sequence_B = torch.arange(rows, device=self.device)  # the sample of each row
-        blocked_P_L = torch.zeros((prompts, length), dtype=self.dtype, device=self.device)
-        blocked_P_L.masked_fill_(~real_P_L, torch.finfo(self.dtype).min)
-        self.prompt_blocked_B_1_1_L = blocked_P_L.repeat_interleave(repeats, dim=0)[:, None, None]
+        # -inf-like scores for left padding, added to the prompt part; None without padding.
+        self.prompt_blocked_B_1_1_L: torch.Tensor | None = None
+        if not real_P_L.all():
+            blocked_P_L = self._empty(prompts, length, attention=True).zero_()
+            blocked_P_L.masked_fill_(~real_P_L, torch.finfo(self.attention_dtype).min)
+            blocked_B_L = blocked_P_L.repeat_interleave(repeats, dim=0)
+            self.prompt_blocked_B_1_1_L = blocked_B_L[:, None, None]
         logits_P_V = self._logits(x_P_L_H[:, -1])
         return logits_P_V.repeat_interleave(repeats, dim=0)
 
@@ -287,24 +351,24 @@ class CompactDecoder:
     def step(self, tokens_B: torch.Tensor, positions_B: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (cached in the row's next free column); next-token logits."""
         column = self.generated
-        if column >= self.generated_values[0].shape[2]:
+        if column >= self.generated_values[0].shape[0]:
             raise RuntimeError("the compact decoder's KV cache is full (room given to prefill)")
-        cos_B_1_1_D, sin_B_1_1_D = self._rotary(positions_B[:, None])
+        cos_B_1_1_D, sin_B_1_1_D = self._rotary(positions_B[:, None], self.attention_dtype)
         x_B_1_H = self.embed[tokens_B][:, None]
         batch = tokens_B.shape[0]
         for index, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, x_B_1_H)  # (B, heads, 1, D)
-            q, k = _rotate(q, cos_B_1_1_D, sin_B_1_1_D), _rotate(k, cos_B_1_1_D, sin_B_1_1_D)
+            q, k, v = self._project(layer, x_B_1_H, cos_B_1_1_D, sin_B_1_1_D)  # (B, heads, 1, D)
             keys, values = self.generated_keys[index], self.generated_values[index]
-            keys[:, :, :, column] = k[:, :, 0]
-            values[:, :, column] = v[:, :, 0]
+            keys[column] = k[:, :, 0]
+            values[column] = v[:, :, 0]
             attended = self._attend(
                 q.view(batch, self.kv_heads, -1, self.head_dim),
                 index,
-                keys[..., : column + 1],
-                values[:, :, : column + 1],
+                keys[: column + 1].permute(1, 2, 0, 3),
+                values[: column + 1].permute(1, 2, 0, 3),
             )
-            x_B_1_H = self._finish_layer(layer, x_B_1_H, attended.reshape(batch, 1, -1))
+            attended_B_1_A = attended.reshape(batch, 1, -1).to(self.dtype)
+            x_B_1_H = self._finish_layer(layer, x_B_1_H, attended_B_1_A)
         self.generated = column + 1
         return self._logits(x_B_1_H[:, 0])
 
@@ -312,21 +376,20 @@ class CompactDecoder:
         self,
         q_B_K_G_D: torch.Tensor,
         layer: int,
-        keys_B_K_D_T: torch.Tensor,
+        keys_B_K_T_D: torch.Tensor,
         values_B_K_T_D: torch.Tensor,
     ) -> torch.Tensor:
         """Attention of one query token per row over its prompt's cache (read once for all
         the samples of a prompt: their queries are stacked into one matmul) and its own
         generated tokens, under one softmax. (B, kv_heads, group, D) in and out."""
-        scale = self.head_dim**-0.5
+        q_B_K_G_D = q_B_K_G_D * self.head_dim**-0.5  # scaled once, not both score parts
         prompt_keys_P_K_D_L = self.prompt_keys[layer]
         length = prompt_keys_P_K_D_L.shape[3]
         prompt_scores = self._by_row(self._by_prompt(q_B_K_G_D) @ prompt_keys_P_K_D_L)
-        own_scores = q_B_K_G_D @ keys_B_K_D_T
-        scores = torch.cat(
-            [prompt_scores * scale + self.prompt_blocked_B_1_1_L, own_scores * scale], dim=-1
-        )
-        weights = scores.float().softmax(dim=-1).to(self.dtype)
+        if self.prompt_blocked_B_1_1_L is not None:
+            prompt_scores = prompt_scores + self.prompt_blocked_B_1_1_L
+        own_scores = q_B_K_G_D @ keys_B_K_T_D.transpose(-1, -2)
+        weights = torch.cat([prompt_scores, own_scores], dim=-1).softmax(dim=-1)
         prompt_weights_P_K_Q_L = self._by_prompt(weights[..., :length])
         from_prompt = self._by_row(prompt_weights_P_K_Q_L @ self.prompt_values[layer])
         return from_prompt + weights[..., length:] @ values_B_K_T_D
@@ -356,47 +419,52 @@ class CompactDecoder:
     def keep(self, rows_B: torch.Tensor) -> None:
         """Keep only these batch rows (finished sequences leave the batch; the prompt caches
         they shared stay until the chunk ends)."""
-        self.generated_keys = [k[rows_B] for k in self.generated_keys]
-        self.generated_values = [v[rows_B] for v in self.generated_values]
+        self.generated_keys = [k[:, rows_B] for k in self.generated_keys]
+        self.generated_values = [v[:, rows_B] for v in self.generated_values]
         self.sequence_B = self.sequence_B[rows_B]
-        self.prompt_blocked_B_1_1_L = self.prompt_blocked_B_1_1_L[rows_B]
+        if self.prompt_blocked_B_1_1_L is not None:
+            self.prompt_blocked_B_1_1_L = self.prompt_blocked_B_1_1_L[rows_B]
 
     # -- pieces ----------------------------------------------------------------------------
 
     def _project(
-        self, layer: _Layer, x_B_L_H: torch.Tensor
+        self, layer: _Layer, x_B_L_H: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as (B, heads, L, head_dim) from one fused matmul."""
+        """q and k (rotary embedding applied) and v as (B, heads, L, head_dim) from one fused
+        matmul, in the dtype of `cos`."""
         qkv = layer.qkv(_rms_norm(x_B_L_H, layer.input_norm, self.eps))
         if layer.qkv_bias is not None:
             qkv = qkv + layer.qkv_bias
+        qkv = qkv.to(cos.dtype)
         batch, length = x_B_L_H.shape[:2]
-        q_cols, kv_cols = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = qkv.split((q_cols, kv_cols, kv_cols), dim=-1)
-        return (
-            q.view(batch, length, self.heads, self.head_dim).transpose(1, 2),
-            k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2),
-            v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2),
-        )
+        qk_heads = self.heads + self.kv_heads
+        qk, v = qkv.split((qk_heads * self.head_dim, self.kv_heads * self.head_dim), dim=-1)
+        # q and k rotated together: one set of elementwise ops instead of two.
+        qk = _rotate(qk.view(batch, length, qk_heads, self.head_dim).transpose(1, 2), cos, sin)
+        q, k = qk.split((self.heads, self.kv_heads), dim=1)
+        return q, k, v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
 
     def _finish_layer(
         self, layer: _Layer, x_B_L_H: torch.Tensor, attended_B_L_A: torch.Tensor
     ) -> torch.Tensor:
         """Output projection and residual, then the gated MLP and its residual."""
-        x_B_L_H = x_B_L_H + layer.out(attended_B_L_A)
-        gate, up = layer.gate_up(_rms_norm(x_B_L_H, layer.post_norm, self.eps)).chunk(2, -1)
-        return x_B_L_H + layer.down(F.silu(gate) * up)
+        x_B_L_H = layer.out.plus(attended_B_L_A, x_B_L_H)
+        hidden_B_L_I = layer.feed_forward(_rms_norm(x_B_L_H, layer.post_norm, self.eps))
+        return layer.down.plus(hidden_B_L_I, x_B_L_H)
 
     def _logits(self, x_B_H: torch.Tensor) -> torch.Tensor:
         normed_B_H = _rms_norm(x_B_H, self.norm, self.eps)
         logits = packed_matmul(normed_B_H, self.head_packed, self.lm_head, self.packed_rows)
         return F.linear(normed_B_H, self.lm_head) if logits is None else logits
 
-    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotary(
+        self, positions: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for these positions, shaped to broadcast over the head dimension."""
         angles = positions.float()[..., None] * self.inverse_frequency.to(positions.device)
         angles = torch.cat([angles, angles], dim=-1)[..., None, :, :]  # (..., 1, L, D)
-        return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+        dtype = dtype or self.dtype
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -418,14 +486,6 @@ _UNFUSED = {
     "model.norm.weight": "norm",
     "lm_head.weight": "lm_head",
 }
-
-# The parameters fused into each of a layer's projections, in _Layer.projections() order.
-_SOURCES = (
-    tuple(f"self_attn.{name}_proj.{kind}" for name in "qkv" for kind in ("weight", "bias")),
-    ("self_attn.o_proj.weight",),
-    ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-    ("mlp.down_proj.weight",),
-)
 
 
 def _split_rows(tensor: torch.Tensor, q_rows: int, kv_rows: int) -> tuple[torch.Tensor, ...]:
