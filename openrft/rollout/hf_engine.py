@@ -91,9 +91,10 @@ class HFEngine:
         tokens: list[list[int]] = [[] for _ in range(total)]
         finished: list[FinishReason | None] = [None] * total
         active = list(range(total))  # sequence index of each batch row
+        workspace = torch.empty(logits_B_V.numel(), dtype=torch.float32, device=device)
         for _ in range(params.max_new_tokens):
             next_B = sample_next_tokens(
-                logits_B_V, params.temperature, params.top_p, params.top_k, generator
+                logits_B_V, params.temperature, params.top_p, params.top_k, generator, workspace
             )
             keep_rows = []
             for row, (seq, token) in enumerate(zip(active, next_B.tolist(), strict=True)):

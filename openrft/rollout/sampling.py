@@ -11,16 +11,27 @@ def sample_next_tokens(
     top_p: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One token per row. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+    """One token per row. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters.
+
+    `workspace`, a float32 tensor with at least as many elements as the logits, holds the
+    float copy they are sampled from; reused across decoding steps, it saves a fresh (B, V)
+    allocation a step, whose memory the CPU would page in again each time (64 rows of a 49k
+    vocabulary: 12 MB, about 2 ms a step)."""
     if temperature == 0:
         return logits_B_V.argmax(dim=-1)
-    logits_B_V = logits_B_V.float()
+    # Our own float32 copy, changed in place below.
+    if workspace is not None and workspace.numel() >= logits_B_V.numel():
+        own_B_V = workspace.view(-1)[: logits_B_V.numel()].view(logits_B_V.shape)
+        logits_B_V = own_B_V.copy_(logits_B_V)
+    else:
+        logits_B_V = logits_B_V.to(torch.float32, copy=True)
     if temperature != 1.0:
-        logits_B_V = logits_B_V / temperature
+        logits_B_V.div_(temperature)
     if 0 < top_k < logits_B_V.shape[-1]:
         kth_B_1 = torch.topk(logits_B_V, top_k, dim=-1).values[:, -1:]
-        logits_B_V = logits_B_V.masked_fill(logits_B_V < kth_B_1, float("-inf"))
+        logits_B_V.masked_fill_(logits_B_V < kth_B_1, float("-inf"))
     if top_p < 1.0:
         sorted_B_V, order_B_V = torch.sort(logits_B_V, dim=-1, descending=True)
         cumulative_B_V = sorted_B_V.softmax(dim=-1).cumsum(dim=-1)
@@ -28,9 +39,9 @@ def sample_next_tokens(
         drop_sorted_B_V = (cumulative_B_V - sorted_B_V.softmax(dim=-1)) >= top_p
         drop_sorted_B_V[:, 0] = False  # top_p = 0 still keeps the most likely token
         drop_B_V = drop_sorted_B_V.scatter(-1, order_B_V, drop_sorted_B_V)
-        logits_B_V = logits_B_V.masked_fill(drop_B_V, float("-inf"))
+        logits_B_V.masked_fill_(drop_B_V, float("-inf"))
     # exp(logit - max): the softmax numerator; the sampler needs no normalised probabilities.
-    weights_B_V = (logits_B_V - logits_B_V.amax(dim=-1, keepdim=True)).exp_()
+    weights_B_V = logits_B_V.sub_(logits_B_V.amax(dim=-1, keepdim=True)).exp_()
     return sample_from_weights(weights_B_V, generator)
 
 

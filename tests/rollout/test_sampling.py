@@ -139,6 +139,21 @@ def test_sampling_does_not_modify_the_logits():
     assert torch.equal(logits, before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_workspace_gives_the_same_tokens_and_leaves_the_logits_alone(dtype):
+    logits = _logits(rows=8).to(dtype)
+    before = logits.clone()
+    workspace = torch.full((8 * VOCAB + 5,), float("nan"))  # larger than needed, dirty
+    for temperature, top_p, top_k in [(1.0, 1.0, 0), (0.7, 0.9, 20)]:
+        plain = sample_next_tokens(logits, temperature, top_p, top_k, _gen(3))
+        reused = sample_next_tokens(logits, temperature, top_p, top_k, _gen(3), workspace)
+        assert torch.equal(plain, reused)
+    assert torch.equal(logits, before)
+    small = torch.empty(3)  # too small: ignored, not overrun
+    with_small = sample_next_tokens(logits, 1.0, generator=_gen(3), workspace=small)
+    assert torch.equal(with_small, sample_next_tokens(logits, 1.0, generator=_gen(3)))
+
+
 def test_top_p_zero_keeps_the_top_token():
     logits = _logits(rows=4)
     tokens = sample_next_tokens(logits, 1.0, top_p=0.0, generator=_gen())
