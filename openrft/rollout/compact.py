@@ -7,8 +7,12 @@ ms are matmuls): dozens of small ops per layer, separate q/k/v and gate/up proje
 flash-attention kernel that is slow for a single query. This module keeps its own copy of the
 weights with q/k/v and gate/up fused into one matrix each and LoRA merged in; each prompt's
 KV cache once, read once per step for all G of its samples (their queries are stacked into
-one matmul); the generated tokens' cache allocated once per chunk at its final size; and
-plain matmul attention for the one query token a step has. It computes what the
+one matmul); the generated tokens' cache allocated once per chunk at its final size; plain
+matmul attention for the one query token a step has (float32 on the CPU); and, for bf16,
+oneDNN-packed weights with the elementwise ops that follow a matmul fused into it. Where
+the time of a bf16 step at batch 64 goes, and what each of these bought, is in the
+constructor's and prefill's comments (SmolLM2: ~64 ms a step, 31 ms of it matmuls, whose
+weights arrive from memory, not cache). It computes what the
 transformers model computes (tests/rollout/test_compact.py checks logits and samples against
 it) and is re-synced from the policy after each update.
 
@@ -419,11 +423,19 @@ class CompactDecoder:
     def keep(self, rows_B: torch.Tensor) -> None:
         """Keep only these batch rows (finished sequences leave the batch; the prompt caches
         they shared stay until the chunk ends)."""
-        self.generated_keys = [k[:, rows_B] for k in self.generated_keys]
-        self.generated_values = [v[:, rows_B] for v in self.generated_values]
+        self.generated_keys = [self._kept(cache, rows_B) for cache in self.generated_keys]
+        self.generated_values = [self._kept(cache, rows_B) for cache in self.generated_values]
         self.sequence_B = self.sequence_B[rows_B]
         if self.prompt_blocked_B_1_1_L is not None:
             self.prompt_blocked_B_1_1_L = self.prompt_blocked_B_1_1_L[rows_B]
+
+    def _kept(self, cache_T_B_K_D: torch.Tensor, rows_B: torch.Tensor) -> torch.Tensor:
+        """A generated-token cache with only these rows, at full room; only the columns in
+        use are copied (a long generation drops rows often, with most of its room unused)."""
+        room, _, heads, width = cache_T_B_K_D.shape
+        kept = cache_T_B_K_D.new_empty((room, rows_B.shape[0], heads, width))
+        torch.index_select(cache_T_B_K_D[: self.generated], 1, rows_B, out=kept[: self.generated])
+        return kept
 
     # -- pieces ----------------------------------------------------------------------------
 
