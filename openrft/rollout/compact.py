@@ -207,8 +207,8 @@ class CompactDecoder:
         self.head_packed: torch.Tensor | None = None
         # The KV cache and the decode step's attention run in float32 on the CPU whatever the
         # weights' dtype: the many small per-row matmuls of one-query attention are 3-6x
-        # slower in bfloat16 there (bench/generate.py, SmolLM2 bf16 batch 64: 93 -> 80 ms a
-        # step), and the cache is a few MB a layer.
+        # slower in bfloat16 there (SmolLM2 bf16, batch 64, one process alternating the two:
+        # 90 -> 84 ms a step, median of 4), and the cache is a few MB a layer.
         self.attention_dtype = torch.float32 if self.device.type == "cpu" else dtype
         self._allocate(policy)
         self.sync(policy)
