@@ -144,20 +144,19 @@ def test_packed_weights_give_the_same_logits(llama, dtype, tolerance):
         for rows in (6, 5):
             x = torch.randn(rows, 1, model.config.hidden_size, dtype=dtype)
             torch.testing.assert_close(projection(x), x @ projection.weight_t)
-        # oneDNN's packed form serves any row count, so finished rows leave at once.
-        assert decoder.drop_finished(6, 5) is (dtype == torch.bfloat16)
     finally:
         llama.double()
 
 
-def test_a_packed_batch_keeps_finished_rows_until_a_quarter_is_done(llama):
-    decoder = CompactDecoder(llama.float(), torch.float32, packed_rows=64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finished_rows_stay_in_the_batch_until_a_quarter_is_done(llama, dtype):
+    decoder = CompactDecoder(llama.float(), dtype, packed_rows=64)
     llama.double()
-    packed = decoder.packed_rows == 64
-    assert decoder.drop_finished(64, 60) is (not packed)
-    assert decoder.drop_finished(64, 48)
-    assert decoder.drop_finished(32, 31)  # another row count: not packed, drop at once
     assert not decoder.drop_finished(64, 64)
+    assert not decoder.drop_finished(64, 49)
+    assert decoder.drop_finished(64, 48)
+    assert not decoder.drop_finished(32, 25)  # any row count, packed or not
+    assert decoder.drop_finished(32, 24)
 
 
 def test_unsupported_models_fall_back_to_the_transformers_forward(tiny_tokenizer):
