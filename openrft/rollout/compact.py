@@ -9,12 +9,12 @@ weights with q/k/v and gate/up fused into one matrix each and LoRA merged in; ea
 KV cache once, read once per step for all G of its samples (their queries are stacked into
 one matmul); the generated tokens' cache allocated once per chunk at its final size; plain
 matmul attention for the one query token a step has (float32 on the CPU); and, for bf16,
-oneDNN-packed weights with the elementwise ops that follow a matmul fused into it. Where
-the time of a bf16 step at batch 64 goes, and what each of these bought, is in the
-constructor's and prefill's comments (SmolLM2: ~64 ms a step, 31 ms of it matmuls, whose
-weights arrive from memory, not cache). It computes what the
-transformers model computes (tests/rollout/test_compact.py checks logits and samples against
-it) and is re-synced from the policy after each update.
+oneDNN-packed weights with the elementwise ops that follow a matmul fused into it
+(openrft.rollout.packed). What each of these bought is in the comments where it is done; a
+SmolLM2 bf16 step at batch 64 takes ~61 ms, ~31 ms of it matmuls whose weights arrive from
+memory, not cache (README, "Measured results"). It computes what the transformers model
+computes (tests/rollout/test_compact.py checks logits and samples against it) and is
+re-synced from the policy after each update.
 
     decoder = CompactDecoder(policy, torch.float32)   # once; its own fused weight copy
     logits_B_V = decoder.prefill(ids_P_L, attention_P_L, positions_P_L, repeats=G, room=64)
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openrft.rollout.packed import Projection, can_pack, pack_weight, packed_matmul
 from openrft.rollout.shadow import current_weights, plain_model
 
 SUPPORTED_TYPES = ("llama", "qwen2")  # config.model_type values this decoder implements
@@ -54,88 +55,6 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-class _Projection:
-    """`x @ weight_t`, with the weight also kept in a packed (pre-blocked) form when asked:
-    - float32: MKL's packed GEMM, for one row count: ~25% faster than the plain matmul at 64
-      rows (bench/generate.py), and a decode batch has one row count most of the time;
-    - bfloat16: oneDNN's packed weight (AMX or AVX-512 BF16 tiles), for any row count: 30%
-      faster than the plain matmul at 33-64 rows with the weights out of cache, as in a
-      decode step, because oneDNN otherwise reorders the weight on every call."""
-
-    def __init__(self, weight_t: torch.Tensor):
-        self.weight_t = weight_t
-        self.packed: torch.Tensor | None = None
-        self.packed_rows = 0  # MKL: the row count the packed form serves
-
-    def pack(self, rows: int) -> None:
-        self.packed = pack_weight(self.weight_t.T, rows)
-        self.packed_rows = rows
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        result = packed_matmul(x, self.packed, self.weight_t.T, self.packed_rows)
-        return x @ self.weight_t if result is None else result
-
-    # oneDNN applies an elementwise op to a packed bf16 matmul's output while it is still in
-    # registers ("post-ops"): one pass instead of two or three over a (rows, out) tensor.
-    def fuses(self, x: torch.Tensor) -> bool:
-        return self.packed is not None and x.dtype == torch.bfloat16
-
-    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """residual + x @ W."""
-        if self.fuses(x):
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
-        return residual + self(x)
-
-    def silu(self, x: torch.Tensor) -> torch.Tensor:
-        """silu(x @ W) (oneDNN calls silu "swish")."""
-        if self.fuses(x):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "swish", [], "")
-        return F.silu(self(x))
-
-    def times(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """(x @ W) * factor."""
-        if self.fuses(x):
-            return torch.ops.mkldnn._linear_pointwise.binary(x, factor, self.packed, None, "mul")
-        return self(x) * factor
-
-
-def can_pack(dtype: torch.dtype) -> bool:
-    """A packed weight format exists: MKL's for float32, oneDNN's for bfloat16 on CPUs with
-    bf16 instructions (AVX-512 BF16 or AMX), in x86 builds of torch."""
-    if dtype == torch.float32:
-        return torch.backends.mkl.is_available() and hasattr(
-            torch.ops.mkl, "_mkl_reorder_linear_weight"
-        )
-    if dtype == torch.bfloat16:
-        return (
-            torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    return False
-
-
-def pack_weight(weight_O_I: torch.Tensor, rows: int) -> torch.Tensor:
-    """The packed form of an (out, in) weight for `rows`-row inputs (see can_pack)."""
-    if weight_O_I.dtype == torch.float32:
-        return torch.ops.mkl._mkl_reorder_linear_weight(weight_O_I, rows)
-    return torch.ops.mkldnn._reorder_linear_weight(weight_O_I.contiguous(), rows)
-
-
-def packed_matmul(
-    x: torch.Tensor, packed: torch.Tensor | None, weight_O_I: torch.Tensor, rows: int
-) -> torch.Tensor | None:
-    """x @ weight.T through the packed form, or None where it does not serve (no packed form,
-    or an MKL form packed for another row count)."""
-    if packed is None:
-        return None
-    if x.dtype == torch.bfloat16:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-    if x.numel() == rows * x.shape[-1]:
-        return torch.ops.mkl._mkl_linear(x, packed, weight_O_I, None, rows)
-    return None
-
-
 @dataclass
 class _Layer:
     """One decoder layer's weights, each projection stored transposed, (in, out), because
@@ -143,18 +62,18 @@ class _Layer:
     4-60 rows a shrinking decode batch has (MKL repacks a transposed operand on every call)."""
 
     input_norm: torch.Tensor
-    qkv: _Projection  # (hidden, (q_heads + 2 * kv_heads) * head_dim): q, k, v fused
+    qkv: Projection  # (hidden, (q_heads + 2 * kv_heads) * head_dim): q, k, v fused
     qkv_bias: torch.Tensor | None
-    out: _Projection
+    out: Projection
     post_norm: torch.Tensor
-    gate_up: _Projection  # (hidden, 2 * intermediate): gate, then up
-    down: _Projection
+    gate_up: Projection  # (hidden, 2 * intermediate): gate, then up
+    down: Projection
     # gate_up's two halves, packed on their own where oneDNN fuses silu into the gate's
     # matmul and the product with it into the up's (bfloat16), instead of gate_up.
-    gate: _Projection
-    up: _Projection
+    gate: Projection
+    up: Projection
 
-    def packing(self, split_gate_up: bool) -> list[tuple[_Projection, tuple[str, ...]]]:
+    def packing(self, split_gate_up: bool) -> list[tuple[Projection, tuple[str, ...]]]:
         """The projections to pack, each with the parameters (names within the layer) it is
         made of."""
         if split_gate_up:
@@ -240,14 +159,14 @@ class CompactDecoder:
             self._slots[prefix + "mlp.up_proj.weight"] = gate_up_t.T[intermediate:]
             layer = _Layer(
                 input_norm=self._empty(hidden),
-                qkv=_Projection(qkv_t),
+                qkv=Projection(qkv_t),
                 qkv_bias=bias,
-                out=_Projection(self._empty(q_rows, hidden)),
+                out=Projection(self._empty(q_rows, hidden)),
                 post_norm=self._empty(hidden),
-                gate_up=_Projection(gate_up_t),
-                down=_Projection(self._empty(intermediate, hidden)),
-                gate=_Projection(gate_up_t[:, :intermediate]),
-                up=_Projection(gate_up_t[:, intermediate:]),
+                gate_up=Projection(gate_up_t),
+                down=Projection(self._empty(intermediate, hidden)),
+                gate=Projection(gate_up_t[:, :intermediate]),
+                up=Projection(gate_up_t[:, intermediate:]),
             )
             self._slots[prefix + "input_layernorm.weight"] = layer.input_norm
             self._slots[prefix + "post_attention_layernorm.weight"] = layer.post_norm
