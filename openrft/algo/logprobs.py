@@ -7,7 +7,6 @@ them for backward), and `selective_log_softmax` for small logits already in memo
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 
 
 def selective_log_softmax(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
@@ -21,16 +20,21 @@ def selective_log_softmax(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> 
     return target_logits_N - torch.logsumexp(logits, dim=-1)
 
 
-def _chunk_logprobs_entropy(
+# With gradients on, the log-probs of all chunks are kept for backward while they fit in this
+# many bytes (float32); above it each chunk's logits are recomputed in backward instead, so
+# memory stays at one chunk's. Recomputing is a second LM-head matmul per chunk.
+KEEP_FOR_BACKWARD_BYTES = 256 * 2**20
+
+
+def _chunk_log_probs(
     hidden_C_H: torch.Tensor,
     weight_V_H: torch.Tensor,
     bias_V: torch.Tensor | None,
-    targets_C: torch.Tensor,
     temperature: float,
-    with_entropy: bool,
-) -> tuple[torch.Tensor, ...]:
-    """(logprobs_C,) or (logprobs_C, entropy_C) for one chunk; the only place logits exist."""
-    # Upcast here, not outside, so a float32 copy of a bf16 lm_head lives one chunk at a time.
+) -> torch.Tensor:
+    """(C, V) log-softmax of one chunk's logits, in at least float32: the only place logits
+    exist. Upcast here, not outside, so a float32 copy of a bf16 LM head lives one chunk at a
+    time (and bf16-rounded logits, off by up to ~0.1 at typical magnitudes, never do)."""
     dtype = torch.promote_types(
         torch.promote_types(hidden_C_H.dtype, weight_V_H.dtype), torch.float32
     )
@@ -39,12 +43,56 @@ def _chunk_logprobs_entropy(
         logits_C_V = logits_C_V + bias_V.to(dtype)
     if temperature != 1.0:
         logits_C_V = logits_C_V / temperature
-    if not with_entropy:
-        return (selective_log_softmax(logits_C_V, targets_C),)
-    log_probs_C_V = torch.log_softmax(logits_C_V, dim=-1)
-    logprobs_C = log_probs_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
-    entropy_C = -(log_probs_C_V.exp() * log_probs_C_V).sum(dim=-1)
-    return logprobs_C, entropy_C
+    return torch.log_softmax(logits_C_V, dim=-1)
+
+
+def _entropy(log_probs_C_V: torch.Tensor) -> torch.Tensor:
+    return -(log_probs_C_V.exp() * log_probs_C_V).sum(dim=-1)
+
+
+class _ChunkLogprobs(torch.autograd.Function):
+    """One chunk's target log-probs (and entropies) with a hand-written backward:
+
+        d logprob_t / d z = onehot_t - p        d entropy / d z = -p * (log p + entropy)
+
+    so backward needs only the log-probs (kept, or recomputed from the hidden states), never
+    autograd's saved intermediates. The two backward matmuls run in the LM head's own dtype
+    (bf16 on AMX instead of a float32 copy): the gradient is rounded there, the logits never.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_C_H, weight_V_H, bias_V, targets_C, temperature, with_entropy, keep):
+        log_probs_C_V = _chunk_log_probs(hidden_C_H, weight_V_H, bias_V, temperature)
+        logprobs_C = log_probs_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
+        entropy_C = _entropy(log_probs_C_V) if with_entropy else None
+        ctx.temperature, ctx.with_entropy = temperature, with_entropy
+        kept = log_probs_C_V if keep else None
+        ctx.save_for_backward(hidden_C_H, weight_V_H, bias_V, targets_C, entropy_C, kept)
+        return (logprobs_C, entropy_C) if with_entropy else logprobs_C
+
+    @staticmethod
+    def backward(ctx, grad_logprobs_C, grad_entropy_C=None):
+        hidden_C_H, weight_V_H, bias_V, targets_C, entropy_C, log_probs_C_V = ctx.saved_tensors
+        if log_probs_C_V is None:
+            log_probs_C_V = _chunk_log_probs(hidden_C_H, weight_V_H, bias_V, ctx.temperature)
+        probs_C_V = log_probs_C_V.exp()
+        grad_C_V = probs_C_V * -grad_logprobs_C[:, None]
+        grad_C_V.scatter_add_(1, targets_C[:, None], grad_logprobs_C[:, None])
+        if ctx.with_entropy and grad_entropy_C is not None:
+            grad_C_V -= grad_entropy_C[:, None] * probs_C_V * (log_probs_C_V + entropy_C[:, None])
+        if ctx.temperature != 1.0:
+            grad_C_V /= ctx.temperature
+        half = weight_V_H.dtype in (torch.bfloat16, torch.float16)
+        matmul_dtype = weight_V_H.dtype if half else grad_C_V.dtype
+        grad_low_C_V = grad_C_V.to(matmul_dtype)
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = (grad_low_C_V @ weight_V_H.to(matmul_dtype)).to(hidden_C_H.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad_low_C_V.T @ hidden_C_H.to(matmul_dtype)).to(weight_V_H.dtype)
+        if bias_V is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad_C_V.sum(0).to(bias_V.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def _check_arguments(
@@ -74,33 +122,41 @@ def token_logprobs_and_entropy(
 
     Rows are processed `chunk_tokens` at a time, so peak memory holds one (chunk, V) block of
     float32 logits instead of (N, V) (V ~ 150k makes the latter gigabytes). With gradients on,
-    each chunk is checkpointed (non-reentrant): backward recomputes its logits instead of
-    keeping them. Logits are divided by `temperature` to score the distribution the sampler
+    backward is written by hand (`_ChunkLogprobs`): it keeps each chunk's log-probs while all
+    of them fit in `KEEP_FOR_BACKWARD_BYTES`, and recomputes them from the hidden states
+    otherwise. Logits are divided by `temperature` to score the distribution the sampler
     drew from. Entropy is returned with its graph; detach it when it is only logged.
     """
     _check_arguments(hidden_N_H, targets_N, chunk_tokens, temperature)
     inputs = (hidden_N_H, lm_head_weight_V_H, lm_head_bias_V)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    # The kept log-probs of every chunk together, float32 at least.
+    keep = hidden_N_H.shape[0] * lm_head_weight_V_H.shape[0] * 4 <= KEEP_FOR_BACKWARD_BYTES
     logprob_chunks: list[torch.Tensor] = []
     entropy_chunks: list[torch.Tensor] = []
     for start in range(0, hidden_N_H.shape[0], chunk_tokens):
-        args = (
-            hidden_N_H[start : start + chunk_tokens],
-            lm_head_weight_V_H,
-            lm_head_bias_V,
-            targets_N[start : start + chunk_tokens],
-            temperature,
-            with_entropy,
-        )
+        hidden_C_H = hidden_N_H[start : start + chunk_tokens]
+        targets_C = targets_N[start : start + chunk_tokens]
         if needs_grad:
-            outputs = torch.utils.checkpoint.checkpoint(
-                _chunk_logprobs_entropy, *args, use_reentrant=False
+            outputs = _ChunkLogprobs.apply(
+                hidden_C_H,
+                lm_head_weight_V_H,
+                lm_head_bias_V,
+                targets_C,
+                temperature,
+                with_entropy,
+                keep,
             )
+            logprobs_C, entropy_C = outputs if with_entropy else (outputs, None)
         else:
-            outputs = _chunk_logprobs_entropy(*args)
-        logprob_chunks.append(outputs[0])
-        if with_entropy:
-            entropy_chunks.append(outputs[1])
+            log_probs_C_V = _chunk_log_probs(
+                hidden_C_H, lm_head_weight_V_H, lm_head_bias_V, temperature
+            )
+            logprobs_C = log_probs_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
+            entropy_C = _entropy(log_probs_C_V) if with_entropy else None
+        logprob_chunks.append(logprobs_C)
+        if entropy_C is not None:
+            entropy_chunks.append(entropy_C)
 
     if not logprob_chunks:  # N == 0
         dtype = torch.promote_types(hidden_N_H.dtype, lm_head_weight_V_H.dtype)

@@ -20,6 +20,7 @@ from openrft.algo import (
     token_logprobs_and_entropy,
 )
 from openrft.config import AlgoConfig, TrainConfig
+from openrft.train.packed_forward import pack_rows, packed_hidden_states
 from openrft.train.policy import Policy
 from openrft.types import RolloutGroup
 
@@ -200,24 +201,15 @@ def sequence_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs and entropy of each row's completion, as (B, T) with a mask.
 
-    Rows that share a prompt (a GRPO group) are packed into one sequence, the prompt once and
+    Rows that share a prompt (a GRPO group) are packed into one segment, the prompt once and
     its completions after it, so the prompt is computed once for the group and gradients from
-    every completion flow through it (see `pack_groups`). Only hidden states that predict
-    completion tokens reach the LM head, in chunks, so full-vocabulary logits for the batch
-    never exist at once.
+    every completion flow through it; segments follow each other without padding (see
+    `openrft.train.packed_forward`). Only hidden states that predict completion tokens reach
+    the LM head, in chunks, so full-vocabulary logits for the batch never exist at once.
     """
-    weight = next(causal_lm.parameters())
-    device, dtype = weight.device, weight.dtype
-    packed = pack_groups(rows)
-    blocked = torch.finfo(dtype).min  # additive mask: eager and SDPA attention both take it
-    mask_U_1_S_S = torch.zeros(packed.allowed_U_S_S.shape, dtype=dtype, device=device)
-    mask_U_1_S_S = mask_U_1_S_S.masked_fill(~packed.allowed_U_S_S.to(device), blocked)[:, None]
-    hidden_U_S_H = causal_lm.get_decoder()(
-        input_ids=packed.ids_U_S.to(device),
-        position_ids=packed.positions_U_S.to(device),
-        attention_mask=mask_U_1_S_S,
-    ).last_hidden_state
-    hidden_N_H = hidden_U_S_H.flatten(0, 1)[packed.predictor_N.to(device)]
+    device = next(causal_lm.parameters()).device
+    packed = pack_rows(rows)
+    hidden_N_H = packed_hidden_states(causal_lm, packed)[packed.predictor_N.to(device)]
 
     completions = [r.token_ids[r.prompt_length :] for r in rows]
     width = max(len(c) for c in completions)
@@ -235,75 +227,6 @@ def sequence_logprobs(
     if entropy_N is not None:
         entropy_B_T = entropy_B_T.masked_scatter(selected, entropy_N.to(entropy_B_T.dtype))
     return logprobs_B_T, entropy_B_T, mask_B_T
-
-
-@dataclass(frozen=True)
-class PackedGroups:
-    """U sequences, one per distinct prompt: the prompt, then each of its rows' completions
-    (without their last token, which predicts nothing), right-padded to a common length S."""
-
-    ids_U_S: torch.Tensor  # token ids (0 in the padding)
-    positions_U_S: torch.Tensor  # position ids: a completion restarts where its prompt ends
-    allowed_U_S_S: torch.Tensor  # allowed[u, query, key]: the attention each token may do
-    predictor_N: torch.Tensor  # flat (u * S + s) index of the state predicting each target
-
-
-# Segment ids in the packing: the prompt, padding, or (>= 0) the row a completion token is of.
-PROMPT_SEGMENT, PADDING_SEGMENT = -1, -2
-
-
-def pack_groups(rows: list[TrainRow]) -> PackedGroups:
-    """Lay out rows sharing a prompt as one sequence for a single forward pass.
-
-    A completion token attends to its prompt and to the tokens of its own completion before
-    it; a prompt token attends causally within the prompt. Positions restart at the prompt
-    length for every completion, so each token sees exactly what it saw when it was sampled
-    and its log-prob equals a plain forward of prompt + completion. Targets are listed row by
-    row: row b's completion token j is predicted by the state before it (the prompt's last
-    token for j = 0). Padding is a segment of its own: no real token attends to it, and it
-    attends at least to itself, so no softmax row is empty.
-    """
-    prompt_rows: dict[tuple[int, ...], list[int]] = {}
-    for b, row in enumerate(rows):
-        prompt_rows.setdefault(row.token_ids[: row.prompt_length], []).append(b)
-    layouts = []  # per prompt: (token ids, positions, segments, its rows)
-    predictor: dict[int, list[int]] = {}  # row -> packed indices, before the u * S offset
-    for prompt, members in prompt_rows.items():
-        ids, positions, segments = (
-            list(prompt),
-            list(range(len(prompt))),
-            [PROMPT_SEGMENT] * len(prompt),
-        )
-        for b in members:
-            completion = rows[b].token_ids[rows[b].prompt_length :]
-            start = len(ids)
-            predictor[b] = [len(prompt) - 1] + list(range(start, start + len(completion) - 1))
-            ids.extend(completion[:-1])
-            positions.extend(range(len(prompt), len(prompt) + len(completion) - 1))
-            segments.extend([b] * (len(completion) - 1))
-        layouts.append((ids, positions, segments, members))
-    length = max(len(ids) for ids, *_ in layouts)
-    ids_U_S = torch.zeros((len(layouts), length), dtype=torch.long)
-    positions_U_S = torch.zeros((len(layouts), length), dtype=torch.long)
-    segments_U_S = torch.full((len(layouts), length), PADDING_SEGMENT, dtype=torch.long)
-    offset_of_row = {}
-    for u, (ids, positions, segments, members) in enumerate(layouts):
-        ids_U_S[u, : len(ids)] = torch.tensor(ids)
-        positions_U_S[u, : len(ids)] = torch.tensor(positions)
-        segments_U_S[u, : len(ids)] = torch.tensor(segments)
-        offset_of_row.update({b: u * length for b in members})
-    query_1_S_1 = torch.arange(length)[None, :, None]
-    key_1_1_S = torch.arange(length)[None, None, :]
-    key_segment_U_1_S = segments_U_S[:, None, :]
-    query_segment_U_S_1 = segments_U_S[:, :, None]
-    same_or_prompt = (key_segment_U_1_S == PROMPT_SEGMENT) | (
-        key_segment_U_1_S == query_segment_U_S_1
-    )
-    allowed_U_S_S = (key_1_1_S <= query_1_S_1) & same_or_prompt
-    predictor_N = torch.tensor(
-        [offset_of_row[b] + i for b in range(len(rows)) for i in predictor[b]], dtype=torch.long
-    )
-    return PackedGroups(ids_U_S, positions_U_S, allowed_U_S_S, predictor_N)
 
 
 @torch.no_grad()

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-import torch.utils.checkpoint
 
+from openrft.algo import logprobs as logprobs_module
 from openrft.algo import selective_log_softmax, token_logprobs_and_entropy
 
 N, H, V = 7, 5, 11
@@ -51,41 +51,59 @@ def test_matches_direct_log_softmax(chunk: int, with_bias: bool) -> None:
     torch.testing.assert_close(entropy, ref_entropy)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, N + 5])
-def test_gradients_match_unchunked(chunk: int) -> None:
+def _grads(
+    chunk: int | None, temperature: float = 1.0, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of a mix of log-probs and entropies w.r.t. hidden, weight and bias: chunked
+    (chunk tokens at a time) or, with chunk None, through autograd of the plain expression."""
     hidden, weight, bias, targets = _random_case()
     coef = torch.linspace(-1, 1, N, dtype=torch.float64)  # weight tokens unevenly
-
-    def grads(chunked: bool) -> tuple[torch.Tensor, ...]:
-        h, w, b = (x.clone().requires_grad_(True) for x in (hidden, weight, bias))
-        if chunked:
-            lp, ent = token_logprobs_and_entropy(h, w, targets, chunk, b)
-            assert ent is not None
-        else:
-            lp, ent = _reference(h, w, targets, b)
-        ((lp * coef).sum() + 0.3 * ent.sum()).backward()
-        return tuple(x.grad for x in (h, w, b))  # type: ignore[misc]
-
-    for got, expected in zip(grads(True), grads(False), strict=True):
-        torch.testing.assert_close(got, expected)
+    h, w, b = (x.to(dtype).requires_grad_(True) for x in (hidden, weight, bias))
+    if chunk is None:
+        lp, ent = _reference(h, w, targets, b, temperature)
+    else:
+        lp, ent = token_logprobs_and_entropy(h, w, targets, chunk, b, temperature)
+    assert ent is not None
+    ((lp * coef).sum() + 0.3 * ent.sum()).backward()
+    return tuple(x.grad for x in (h, w, b))  # type: ignore[misc]
 
 
-def test_checkpoints_each_chunk_only_with_grad(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[bool] = []
-    real = torch.utils.checkpoint.checkpoint
+@pytest.mark.parametrize("chunk", [1, 3, N + 5])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_gradients_match_autograd_of_the_plain_expression(chunk: int, temperature: float) -> None:
+    expected = _grads(None, temperature)
+    for got, want in zip(_grads(chunk, temperature), expected, strict=True):
+        torch.testing.assert_close(got, want)
 
-    def spy(*args: object, **kwargs: object) -> object:
-        calls.append(bool(kwargs.get("use_reentrant")))
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
-    hidden, weight, _, targets = _random_case()
-    token_logprobs_and_entropy(hidden.requires_grad_(True), weight, targets, chunk_tokens=3)
-    assert calls == [False, False, False]  # ceil(7 / 3) chunks, all non-reentrant
-    calls.clear()
-    with torch.no_grad():
-        token_logprobs_and_entropy(hidden, weight, targets, chunk_tokens=3)
-    assert calls == []
+def test_recomputing_in_backward_gives_the_same_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kept = _grads(3)
+    recomputed_chunks: list[int] = []
+    real = logprobs_module._chunk_log_probs
+
+    def spy(hidden: torch.Tensor, *args: object) -> torch.Tensor:
+        recomputed_chunks.append(hidden.shape[0])
+        return real(hidden, *args)
+
+    monkeypatch.setattr(logprobs_module, "KEEP_FOR_BACKWARD_BYTES", 0)
+    monkeypatch.setattr(logprobs_module, "_chunk_log_probs", spy)
+    recomputed = _grads(3)
+    assert recomputed_chunks == [3, 3, 1, 1, 3, 3]  # forward, then backward (last chunk first)
+    for got, want in zip(recomputed, kept, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_bf16_head_gets_its_gradient_from_bf16_matmuls_of_exact_logits() -> None:
+    # The backward matmuls round only the gradient to bf16 (relative 2^-9 per element): the
+    # result stays within bf16 precision of the float64 gradient of the same bf16 weights.
+    expected = _grads(None, dtype=torch.float64)
+    got = _grads(3, dtype=torch.bfloat16)
+    for g, want in zip(got, expected, strict=True):
+        assert g.dtype == torch.bfloat16
+        scale = want.abs().max()
+        assert (g.double() - want).abs().max() <= 0.02 * scale
 
 
 def test_uniform_distribution_entropy_is_log_v() -> None:

@@ -1,0 +1,148 @@
+"""The packed forward: rows laid out without padding give the log-probs and gradients of a
+plain forward of each row, for grouped and ungrouped heads, sliding windows, and a bf16 base
+with float32 LoRA adapters under autocast."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from openrft.errors import ModelError
+from openrft.train.packed_forward import (
+    ATTENTION_NAME,
+    pack_rows,
+    packed_attention_forward,
+    packed_hidden_states,
+)
+from openrft.train.update import TrainRow, sequence_logprobs
+
+ROWS = [
+    TrainRow((5, 6, 7, 8, 9, 10), 3, 1.0),  # prompt (5, 6, 7), completion of 3 tokens
+    TrainRow((5, 6, 7, 11), 3, -1.0),  # same prompt, 1-token completion
+    TrainRow((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), 5, 0.5),  # a longer prompt and completion
+    TrainRow((5, 6, 7, 12, 13, 14, 15), 3, 0.3),
+]
+
+
+def plain_logprobs(model, row: TrainRow) -> torch.Tensor:
+    logprobs_L_V = model(torch.tensor([row.token_ids])).logits[0].float().log_softmax(-1)
+    positions = range(row.prompt_length, len(row.token_ids))
+    return torch.stack([logprobs_L_V[t - 1, row.token_ids[t]] for t in positions])
+
+
+def test_layout_by_hand():
+    packed = pack_rows(ROWS[:2])
+    # One segment: prompt 5 6 7, then row 0's completion but its last token (8 9), then row
+    # 1's (nothing: its only token predicts nothing). N = 5 tokens, no padding.
+    assert packed.ids_1_N.tolist() == [[5, 6, 7, 8, 9]]
+    assert packed.positions_1_N.tolist() == [[0, 1, 2, 3, 4]]
+    assert packed.predictor_N.tolist() == [2, 3, 4, 2]  # row 0: 8 9 10; row 1: 11
+    packed = pack_rows([ROWS[1], ROWS[2]])
+    # Two segments, 3 and 10 tokens: the first padded to 10 for attention only.
+    assert packed.ids_1_N.shape == (1, 13) and packed.gather_U_S.shape == (2, 10)
+    assert packed.real_M.tolist() == [0, 1, 2, *range(10, 20)]
+    allowed = packed.allowed_U_S_S[0]
+    assert not allowed[:3, 3:].any()  # no real token attends to padding
+    assert allowed.diagonal().all()  # every padding slot attends at least to itself
+
+
+def test_completions_see_their_prompt_and_not_each_other():
+    packed = pack_rows([ROWS[0], ROWS[3]])
+    # Tokens: 5 6 7 | 8 9 (row 0) | 12 13 14 (row 1); positions restart after the prompt.
+    assert packed.positions_1_N.tolist() == [[0, 1, 2, 3, 4, 3, 4, 5]]
+    allowed = packed.allowed_U_S_S[0].int().tolist()
+    assert allowed[4] == [1, 1, 1, 1, 1, 0, 0, 0]  # row 0's second token
+    assert allowed[7] == [1, 1, 1, 0, 0, 1, 1, 1]  # row 1's third token
+
+
+def tiny(config_class, model_class, **overrides):
+    config = config_class(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=overrides.pop("num_key_value_heads", 2),
+        max_position_embeddings=64,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    return model_class(config).to(torch.float64)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(lambda: tiny(LlamaConfig, LlamaForCausalLM), id="grouped-heads"),
+        pytest.param(
+            lambda: tiny(LlamaConfig, LlamaForCausalLM, num_key_value_heads=4), id="plain-heads"
+        ),
+        pytest.param(
+            lambda: tiny(
+                Qwen2Config,
+                Qwen2ForCausalLM,
+                use_sliding_window=True,
+                sliding_window=3,
+                layer_types=["sliding_attention", "full_attention"],
+            ),
+            id="sliding-window",
+        ),
+    ],
+)
+def test_logprobs_and_gradients_equal_a_plain_forward_of_each_row(model):
+    model = model()
+    logprobs_B_T, _, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=False)
+    for b, row in enumerate(ROWS):
+        expected = plain_logprobs(model, row)
+        torch.testing.assert_close(logprobs_B_T[b, : len(expected)], expected.double())
+    weight = model.model.layers[0].self_attn.k_proj.weight
+    (logprobs_B_T * mask_B_T).sum().backward()
+    packed_grad = weight.grad.clone()
+    model.zero_grad()
+    sum(plain_logprobs(model, row).sum() for row in ROWS).backward()
+    torch.testing.assert_close(packed_grad, weight.grad, rtol=1e-6, atol=1e-8)
+    assert model.config._attn_implementation != ATTENTION_NAME  # switched back afterwards
+
+
+def test_bf16_base_with_float32_lora_runs_under_autocast(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False
+    )
+    lora = peft.get_peft_model(model, config, autocast_adapter_dtype=True).get_base_model()
+    adapter = lora.model.layers[0].mlp.down_proj.lora_B["default"].weight
+    assert adapter.dtype == torch.float32 and adapter.requires_grad
+    rows = [TrainRow(tuple(range(10, 30)), 12, 1.0), TrainRow(tuple(range(10, 25)), 12, -1.0)]
+    logprobs_B_T, _, mask_B_T = sequence_logprobs(lora, rows, 4, with_entropy=False)
+    assert logprobs_B_T.dtype == torch.float32
+    for b, row in enumerate(rows):  # bf16 rounding apart, the plain forward's values
+        expected = plain_logprobs(lora, row)
+        torch.testing.assert_close(logprobs_B_T[b, : len(expected)], expected, atol=0.1, rtol=0)
+    (logprobs_B_T * mask_B_T).sum().backward()
+    assert adapter.grad is not None and adapter.grad.dtype == torch.float32
+    assert adapter.grad.abs().sum() > 0
+
+
+def test_the_attention_function_refuses_to_run_outside_a_packed_forward():
+    model = tiny(LlamaConfig, LlamaForCausalLM)
+    query = torch.zeros(1, 4, 3, 8)
+    with pytest.raises(ModelError, match="only inside packed_hidden_states"):
+        packed_attention_forward(model.model.layers[0].self_attn, query, query, query, None)
+
+
+def test_the_attention_implementation_is_restored_after_an_error():
+    model = tiny(LlamaConfig, LlamaForCausalLM)
+    before = model.config._attn_implementation
+    packed = pack_rows(ROWS)
+    bad = type(packed)(**{**packed.__dict__, "ids_1_N": packed.ids_1_N + 1000})  # out of vocab
+    with pytest.raises(IndexError):
+        packed_hidden_states(model, bad)
+    assert model.config._attn_implementation == before
