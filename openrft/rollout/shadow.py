@@ -50,25 +50,51 @@ def current_weights(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(plain model name, current tensor) for every parameter of `policy`, or with
     `only_changing` for those an update can change (LoRA-merged and trainable ones): a
-    LoRA-wrapped layer's weight comes merged (base + scale * B @ A, computed in float32 or
-    wider for each call), everything else is the parameter itself, detached. Names are those
+    LoRA-wrapped layer's weight comes merged (base + scale * B @ A, see `_merged_weight`),
+    everything else is the parameter itself, detached. Names are those
     of the plain transformers model, without peft's wrapper prefixes."""
     merged: set[str] = set()
     for name, module in _lora_layers(policy):
-        adapters = [a for a in module.active_adapters if a in module.lora_A]
-        base = module.base_layer.weight.detach()
-        dtype = torch.promote_types(base.dtype, torch.float32)  # bf16 bases merge in float32
-        weight = base.to(dtype)
-        for adapter in adapters:
-            weight = weight + module.get_delta_weight(adapter).to(dtype)
         target = _plain_name(name) + ".weight"
         merged.add(target)
-        yield target, weight
+        yield target, _merged_weight(module)
     for name, parameter in policy.named_parameters():
         plain = _plain_name(name).replace(".base_layer.", ".")
         if "lora_" in name or plain in merged or (only_changing and not parameter.requires_grad):
             continue
         yield plain, parameter.detach()
+
+
+def _merged_weight(module: nn.Module) -> torch.Tensor:
+    """base + scale * B @ A over the layer's active adapters.
+
+    A bf16/fp16 base with plain linear adapters merges in one addmm per adapter in the base's
+    dtype: the product accumulates in float32 and the sum is rounded once, so it differs from
+    a float32 merge by rounding B and A to bf16, far below the result's own rounding (SmolLM2
+    gate_proj, a trained-size delta: mean error to float64 2.265e-5 against 2.254e-5, 4x
+    faster, no float32 copy of the weight). Anything else merges in float32 through peft."""
+    adapters = [a for a in module.active_adapters if a in module.lora_A]
+    base = module.base_layer.weight.detach()
+    plain = not getattr(module, "fan_in_fan_out", False) and all(
+        adapter not in getattr(module, "lora_variant", {})
+        and isinstance(module.lora_A[adapter], nn.Linear)
+        for adapter in adapters
+    )
+    if plain and base.dtype in (torch.bfloat16, torch.float16):
+        weight = base
+        for adapter in adapters:
+            weight = torch.addmm(
+                weight,
+                module.lora_B[adapter].weight.detach().to(base.dtype),
+                module.lora_A[adapter].weight.detach().to(base.dtype),
+                alpha=module.scaling[adapter],
+            )
+        return weight
+    dtype = torch.promote_types(base.dtype, torch.float32)
+    weight = base.to(dtype)
+    for adapter in adapters:
+        weight = weight + module.get_delta_weight(adapter).to(dtype)
+    return weight
 
 
 def plain_model(policy: nn.Module) -> nn.Module:

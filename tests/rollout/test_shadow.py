@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from openrft.rollout.hf_engine import HFEngine
-from openrft.rollout.shadow import ShadowModel
+from openrft.rollout.shadow import ShadowModel, current_weights
 from openrft.types import SamplingParams
 
 PROBE = torch.tensor([[1, 5, 9, 13, 17, 21]])
@@ -64,3 +64,19 @@ def test_the_engine_samples_from_the_bf16_copy(tiny_model_dir, tiny_tokenizer):
     assert len(completions) == 2 and all(c.token_ids for c in completions)
     same = HFEngine(policy, tiny_tokenizer, decoder="transformers")  # no dtype: the policy
     assert same.decoder.model is policy and same.decoder.shadow is None
+
+
+def test_a_bf16_base_merges_within_its_own_rounding_of_an_exact_merge(tiny_model_dir):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(0)
+    policy = get_peft_model(base, config)  # adapters in float32 beside the bf16 base
+    merged = dict(current_weights(policy))
+    layer = policy.base_model.model.model.layers[1].mlp.down_proj
+    exact = layer.base_layer.weight.double() + layer.scaling["default"] * (
+        layer.lora_B["default"].weight.double() @ layer.lora_A["default"].weight.double()
+    )
+    got = merged["model.layers.1.mlp.down_proj.weight"]
+    assert got.dtype == torch.bfloat16
+    ulp = exact.abs() * 2**-8  # bf16 keeps 8 significant bits: one unit in the last place
+    assert ((got.double() - exact).abs() <= ulp).all()
