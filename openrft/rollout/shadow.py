@@ -68,33 +68,39 @@ def current_weights(
 def _merged_weight(module: nn.Module) -> torch.Tensor:
     """base + scale * B @ A over the layer's active adapters.
 
-    A bf16/fp16 base with plain linear adapters merges in one addmm per adapter in the base's
-    dtype: the product accumulates in float32 and the sum is rounded once, so it differs from
-    a float32 merge by rounding B and A to bf16, far below the result's own rounding (SmolLM2
-    gate_proj, a trained-size delta: mean error to float64 2.265e-5 against 2.254e-5, 4x
-    faster, no float32 copy of the weight). Anything else merges in float32 through peft."""
+    Plain linear adapters merge in one addmm per adapter (one pass over the weight, instead of
+    a product, a scaling and a sum), in the base's dtype when it is bf16/fp16: the product
+    accumulates in float32 and the sum is rounded once, so it differs from a float32 merge by
+    rounding B and A to bf16, far below the result's own rounding (SmolLM2 gate_proj, a
+    trained-size delta: mean error to float64 2.265e-5 against 2.254e-5, 4x faster, no float32
+    copy of the weight). Anything else merges in float32 or wider through peft."""
     adapters = [a for a in module.active_adapters if a in module.lora_A]
     base = module.base_layer.weight.detach()
-    plain = not getattr(module, "fan_in_fan_out", False) and all(
-        adapter not in getattr(module, "lora_variant", {})
-        and isinstance(module.lora_A[adapter], nn.Linear)
-        for adapter in adapters
-    )
-    if plain and base.dtype in (torch.bfloat16, torch.float16):
-        weight = base
-        for adapter in adapters:
-            weight = torch.addmm(
-                weight,
-                module.lora_B[adapter].weight.detach().to(base.dtype),
-                module.lora_A[adapter].weight.detach().to(base.dtype),
-                alpha=module.scaling[adapter],
-            )
-        return weight
-    dtype = torch.promote_types(base.dtype, torch.float32)
+    half = base.dtype in (torch.bfloat16, torch.float16)
+    dtype = base.dtype if half else torch.promote_types(base.dtype, torch.float32)
     weight = base.to(dtype)
     for adapter in adapters:
-        weight = weight + module.get_delta_weight(adapter).to(dtype)
+        if _plain_linear(module, adapter):
+            weight = torch.addmm(
+                weight,
+                module.lora_B[adapter].weight.detach().to(dtype),
+                module.lora_A[adapter].weight.detach().to(dtype),
+                alpha=module.scaling[adapter],
+            )
+        else:
+            weight = weight.to(torch.promote_types(dtype, torch.float32))
+            weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
     return weight
+
+
+def _plain_linear(module: nn.Module, adapter: str) -> bool:
+    """A LoRA adapter whose delta is exactly scale * B.weight @ A.weight (out, in)."""
+    return (
+        not getattr(module, "fan_in_fan_out", False)
+        and adapter not in getattr(module, "lora_variant", {})
+        and isinstance(module.lora_A[adapter], nn.Linear)
+        and isinstance(module.lora_B[adapter], nn.Linear)
+    )
 
 
 def plain_model(policy: nn.Module) -> nn.Module:
