@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from openrft.errors import ModelError
+from openrft.train import packed_forward
 from openrft.train.packed_forward import (
     ATTENTION_NAME,
     pack_rows,
@@ -97,7 +98,11 @@ def tiny(config_class, model_class, **overrides):
         ),
     ],
 )
-def test_logprobs_and_gradients_equal_a_plain_forward_of_each_row(model):
+@pytest.mark.parametrize("device_paths", ["cpu", "other"])
+def test_logprobs_and_gradients_equal_a_plain_forward_of_each_row(model, device_paths, monkeypatch):
+    if device_paths == "other":  # the paths CUDA takes: heads repeated, attention in its dtype
+        monkeypatch.setattr(packed_forward, "GROUPED_HEADS_DEVICES", set())
+        monkeypatch.setattr(packed_forward, "FLOAT32_ATTENTION_DEVICES", set())
     model = model()
     logprobs_B_T, _, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=False)
     for b, row in enumerate(ROWS):
