@@ -1,7 +1,7 @@
 """Per-token log-probabilities and entropies straight from hidden states, in chunks.
 
-Owns `token_logprobs_and_entropy`, which never materialises the full (N, V) logits (nor keeps
-them for backward), and `selective_log_softmax` for small logits already in memory.
+Owns `token_logprobs_and_entropy`, which never materialises the full (N, V) logits at once,
+and `selective_log_softmax` for small logits already in memory.
 """
 
 from __future__ import annotations
@@ -26,21 +26,28 @@ def selective_log_softmax(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> 
 KEEP_FOR_BACKWARD_BYTES = 256 * 2**20
 
 
-def _chunk_log_probs(
+def _chunk_logits(
     hidden_C_H: torch.Tensor,
     weight_V_H: torch.Tensor,
     bias_V: torch.Tensor | None,
-    temperature: float,
+    softcap: float | None,
 ) -> torch.Tensor:
-    """(C, V) log-softmax of one chunk's logits, in at least float32: the only place logits
-    exist. Upcast here, not outside, so a float32 copy of a bf16 LM head lives one chunk at a
-    time (and bf16-rounded logits, off by up to ~0.1 at typical magnitudes, never do)."""
+    """(C, V) logits of one chunk, in at least float32: the only place logits exist. Upcast
+    here, not outside, so a float32 copy of a bf16 LM head lives one chunk at a time (and
+    bf16-rounded logits, off by up to ~0.1 at typical magnitudes, never do). `softcap` is
+    Gemma 2's final-logit soft cap: c * tanh(z / c)."""
     dtype = torch.promote_types(
         torch.promote_types(hidden_C_H.dtype, weight_V_H.dtype), torch.float32
     )
     logits_C_V = hidden_C_H.to(dtype) @ weight_V_H.to(dtype).T
     if bias_V is not None:
         logits_C_V = logits_C_V + bias_V.to(dtype)
+    if softcap is not None:
+        logits_C_V = torch.tanh(logits_C_V / softcap) * softcap
+    return logits_C_V
+
+
+def _chunk_log_probs(logits_C_V: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature != 1.0:
         logits_C_V = logits_C_V / temperature
     return torch.log_softmax(logits_C_V, dim=-1)
@@ -61,12 +68,15 @@ class _ChunkLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden_C_H, weight_V_H, bias_V, targets_C, temperature, with_entropy, keep):
-        log_probs_C_V = _chunk_log_probs(hidden_C_H, weight_V_H, bias_V, temperature)
+    def forward(
+        ctx, hidden_C_H, weight_V_H, bias_V, targets_C, temperature, with_entropy, keep, softcap
+    ):
+        logits_C_V = _chunk_logits(hidden_C_H, weight_V_H, bias_V, softcap)
+        log_probs_C_V = _chunk_log_probs(logits_C_V, temperature)
         logprobs_C = log_probs_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
         entropy_C = _entropy(log_probs_C_V) if with_entropy else None
-        ctx.temperature, ctx.with_entropy = temperature, with_entropy
-        kept = log_probs_C_V if keep else None
+        ctx.temperature, ctx.with_entropy, ctx.softcap = temperature, with_entropy, softcap
+        kept = log_probs_C_V if keep and softcap is None else None  # the cap needs the logits
         ctx.save_for_backward(hidden_C_H, weight_V_H, bias_V, targets_C, entropy_C, kept)
         return (logprobs_C, entropy_C) if with_entropy else logprobs_C
 
@@ -74,7 +84,8 @@ class _ChunkLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logprobs_C, grad_entropy_C=None):
         hidden_C_H, weight_V_H, bias_V, targets_C, entropy_C, log_probs_C_V = ctx.saved_tensors
         if log_probs_C_V is None:
-            log_probs_C_V = _chunk_log_probs(hidden_C_H, weight_V_H, bias_V, ctx.temperature)
+            logits_C_V = _chunk_logits(hidden_C_H, weight_V_H, bias_V, ctx.softcap)
+            log_probs_C_V = _chunk_log_probs(logits_C_V, ctx.temperature)
         probs_C_V = log_probs_C_V.exp()
         grad_C_V = probs_C_V * -grad_logprobs_C[:, None]
         grad_C_V.scatter_add_(1, targets_C[:, None], grad_logprobs_C[:, None])
@@ -82,6 +93,8 @@ class _ChunkLogprobs(torch.autograd.Function):
             grad_C_V -= grad_entropy_C[:, None] * probs_C_V * (log_probs_C_V + entropy_C[:, None])
         if ctx.temperature != 1.0:
             grad_C_V /= ctx.temperature
+        if ctx.softcap is not None:  # d/dz c tanh(z / c) = 1 - tanh(z / c)^2
+            grad_C_V *= 1 - (logits_C_V / ctx.softcap) ** 2
         half = weight_V_H.dtype in (torch.bfloat16, torch.float16)
         matmul_dtype = weight_V_H.dtype if half else grad_C_V.dtype
         grad_low_C_V = grad_C_V.to(matmul_dtype)
@@ -92,7 +105,7 @@ class _ChunkLogprobs(torch.autograd.Function):
             grad_weight = (grad_low_C_V.T @ hidden_C_H.to(matmul_dtype)).to(weight_V_H.dtype)
         if bias_V is not None and ctx.needs_input_grad[2]:
             grad_bias = grad_C_V.sum(0).to(bias_V.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _check_arguments(
@@ -117,6 +130,7 @@ def token_logprobs_and_entropy(
     lm_head_bias_V: torch.Tensor | None = None,
     temperature: float = 1.0,
     with_entropy: bool = True,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each target token and entropy of each next-token distribution.
 
@@ -125,7 +139,8 @@ def token_logprobs_and_entropy(
     backward is written by hand (`_ChunkLogprobs`): it keeps each chunk's log-probs while all
     of them fit in `KEEP_FOR_BACKWARD_BYTES`, and recomputes them from the hidden states
     otherwise. Logits are divided by `temperature` to score the distribution the sampler
-    drew from. Entropy is returned with its graph; detach it when it is only logged.
+    drew from, after the model's final-logit `softcap` if it has one (Gemma 2). Entropy is
+    returned with its graph; detach it when it is only logged.
     """
     _check_arguments(hidden_N_H, targets_N, chunk_tokens, temperature)
     inputs = (hidden_N_H, lm_head_weight_V_H, lm_head_bias_V)
@@ -146,12 +161,12 @@ def token_logprobs_and_entropy(
                 temperature,
                 with_entropy,
                 keep,
+                softcap,
             )
             logprobs_C, entropy_C = outputs if with_entropy else (outputs, None)
         else:
-            log_probs_C_V = _chunk_log_probs(
-                hidden_C_H, lm_head_weight_V_H, lm_head_bias_V, temperature
-            )
+            logits_C_V = _chunk_logits(hidden_C_H, lm_head_weight_V_H, lm_head_bias_V, softcap)
+            log_probs_C_V = _chunk_log_probs(logits_C_V, temperature)
             logprobs_C = log_probs_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
             entropy_C = _entropy(log_probs_C_V) if with_entropy else None
         logprob_chunks.append(logprobs_C)

@@ -144,9 +144,9 @@ def packed_attention_forward(
     packed: PackedRows | None = kwargs.get(LAYOUT_KWARG)
     if packed is None or query.shape[0] != 1:
         raise ModelError(f"the {ATTENTION_NAME!r} attention runs only inside packed_hidden_states")
-    for unsupported in ("softcap", "s_aux"):
-        if kwargs.get(unsupported) is not None:
-            raise ModelError(f"packed training does not support attention with {unsupported}")
+    if kwargs.get("s_aux") is not None:
+        raise ModelError("packed training does not support attention sinks (s_aux)")
+    softcap = kwargs.get("softcap")
     dtype, device = query.dtype, query.device.type
     half = dtype in (torch.bfloat16, torch.float16)
     compute = torch.float32 if half and device in FLOAT32_ATTENTION_DEVICES else dtype
@@ -164,22 +164,32 @@ def packed_attention_forward(
         allowed_U_1_S_S = allowed_U_1_S_S & (distance_U_S_S < sliding_window)[:, None]
     groups = query.shape[1] // key.shape[1]
     gqa = {}
-    if groups > 1 and device in GROUPED_HEADS_DEVICES:
+    if groups > 1 and device in GROUPED_HEADS_DEVICES and softcap is None:
         gqa["enable_gqa"] = True
     elif groups > 1:
         key_U_K_S_D, value_U_K_S_D = (
             t.repeat_interleave(groups, dim=1) for t in (key_U_K_S_D, value_U_K_S_D)
         )
+    dropout = dropout if module.training else 0.0
     with torch.autocast(query.device.type, enabled=False):
-        out_U_H_S_D = F.scaled_dot_product_attention(
-            query_U_H_S_D,
-            key_U_K_S_D,
-            value_U_K_S_D,
-            attn_mask=allowed_U_1_S_S,
-            dropout_p=dropout if module.training else 0.0,
-            scale=scaling,
-            **gqa,
-        )
+        if softcap is None:
+            out_U_H_S_D = F.scaled_dot_product_attention(
+                query_U_H_S_D,
+                key_U_K_S_D,
+                value_U_K_S_D,
+                attn_mask=allowed_U_1_S_S,
+                dropout_p=dropout,
+                scale=scaling,
+                **gqa,
+            )
+        else:  # Gemma 2's capped scores, which SDPA does not do
+            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+            scores_U_H_S_S = query_U_H_S_D @ key_U_K_S_D.transpose(-1, -2) * scale
+            scores_U_H_S_S = torch.tanh(scores_U_H_S_S / softcap) * softcap
+            scores_U_H_S_S = scores_U_H_S_S.masked_fill(~allowed_U_1_S_S, float("-inf"))
+            probs_U_H_S_S = torch.softmax(scores_U_H_S_S, dim=-1, dtype=torch.float32)
+            probs_U_H_S_S = F.dropout(probs_U_H_S_S, dropout).to(value_U_K_S_D.dtype)
+            out_U_H_S_D = probs_U_H_S_S @ value_U_K_S_D
     out_M_H_D = out_U_H_S_D.to(dtype).transpose(1, 2).flatten(0, 1)
     return out_M_H_D.index_select(0, packed.real_M)[None], None
 

@@ -319,7 +319,13 @@ def assistant_nll(
     targets_N = ids_B_T[:, 1:][predicts_B_T]
     head = causal_lm.get_output_embeddings()
     logprobs_N, _ = token_logprobs_and_entropy(
-        hidden_N_H, head.weight, targets_N, CHUNK_TOKENS, head.bias, with_entropy=False
+        hidden_N_H,
+        head.weight,
+        targets_N,
+        CHUNK_TOKENS,
+        head.bias,
+        with_entropy=False,
+        softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
     )
     return -logprobs_N.sum(), int(targets_N.numel())
 

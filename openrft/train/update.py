@@ -218,7 +218,13 @@ def sequence_logprobs(
     targets_N = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
     head = causal_lm.get_output_embeddings()
     logprobs_N, entropy_N = token_logprobs_and_entropy(
-        hidden_N_H, head.weight, targets_N, chunk_tokens, head.bias, with_entropy=with_entropy
+        hidden_N_H,
+        head.weight,
+        targets_N,
+        chunk_tokens,
+        head.bias,
+        with_entropy=with_entropy,
+        softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
     )
     selected = mask_B_T.bool()
     logprobs_B_T = torch.zeros(mask_B_T.shape, device=device, dtype=logprobs_N.dtype)

@@ -28,10 +28,13 @@ def _reference(
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = hidden @ weight.T
     if bias is not None:
         logits = logits + bias
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits / temperature, dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     return log_probs.gather(-1, targets[:, None]).squeeze(-1), entropy
@@ -52,7 +55,10 @@ def test_matches_direct_log_softmax(chunk: int, with_bias: bool) -> None:
 
 
 def _grads(
-    chunk: int | None, temperature: float = 1.0, dtype: torch.dtype = torch.float64
+    chunk: int | None,
+    temperature: float = 1.0,
+    dtype: torch.dtype = torch.float64,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients of a mix of log-probs and entropies w.r.t. hidden, weight and bias: chunked
     (chunk tokens at a time) or, with chunk None, through autograd of the plain expression."""
@@ -60,9 +66,9 @@ def _grads(
     coef = torch.linspace(-1, 1, N, dtype=torch.float64)  # weight tokens unevenly
     h, w, b = (x.to(dtype).requires_grad_(True) for x in (hidden, weight, bias))
     if chunk is None:
-        lp, ent = _reference(h, w, targets, b, temperature)
+        lp, ent = _reference(h, w, targets, b, temperature, softcap)
     else:
-        lp, ent = token_logprobs_and_entropy(h, w, targets, chunk, b, temperature)
+        lp, ent = token_logprobs_and_entropy(h, w, targets, chunk, b, temperature, softcap=softcap)
     assert ent is not None
     ((lp * coef).sum() + 0.3 * ent.sum()).backward()
     return tuple(x.grad for x in (h, w, b))  # type: ignore[misc]
@@ -73,6 +79,19 @@ def _grads(
 def test_gradients_match_autograd_of_the_plain_expression(chunk: int, temperature: float) -> None:
     expected = _grads(None, temperature)
     for got, want in zip(_grads(chunk, temperature), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_a_final_logit_softcap_in_values_and_gradients(temperature: float) -> None:
+    # A cap of 1.5 bends logits of size ~2 hard: without it the values would differ a lot.
+    hidden, weight, bias, targets = _random_case()
+    capped, _ = token_logprobs_and_entropy(hidden, weight, targets, 3, bias, softcap=1.5)
+    plain, _ = token_logprobs_and_entropy(hidden, weight, targets, 3, bias)
+    torch.testing.assert_close(capped, _reference(hidden, weight, targets, bias, 1.0, 1.5)[0])
+    assert (capped - plain).abs().max() > 0.1
+    expected = _grads(None, temperature, softcap=1.5)
+    for got, want in zip(_grads(3, temperature, softcap=1.5), expected, strict=True):
         torch.testing.assert_close(got, want)
 
 

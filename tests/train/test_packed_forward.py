@@ -1,6 +1,6 @@
 """The packed forward: rows laid out without padding give the log-probs and gradients of a
-plain forward of each row, for grouped and ungrouped heads, sliding windows, and a bf16 base
-with float32 LoRA adapters under autocast."""
+plain forward of each row, for grouped and ungrouped heads, sliding windows, Gemma 2's soft
+caps, and a bf16 base with float32 LoRA adapters under autocast."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     Qwen2Config,
@@ -79,6 +81,24 @@ def tiny(config_class, model_class, **overrides):
     return model_class(config).to(torch.float64)
 
 
+def softcapped_gemma2():
+    """Gemma 2 with caps that bend its scores and logits: leaving out either cap moves the
+    log-probs by far more than the test's tolerance."""
+    model = tiny(
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        head_dim=8,
+        sliding_window=3,
+        attn_logit_softcapping=0.5,
+        final_logit_softcapping=2.0,
+    )
+    with torch.no_grad():
+        for layer in model.model.layers:  # scores of size ~1, where a cap of 0.5 bites
+            layer.self_attn.q_proj.weight.mul_(10)
+            layer.self_attn.k_proj.weight.mul_(10)
+    return model
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -96,6 +116,7 @@ def tiny(config_class, model_class, **overrides):
             ),
             id="sliding-window",
         ),
+        pytest.param(lambda: softcapped_gemma2(), id="softcapped-gemma2"),
     ],
 )
 @pytest.mark.parametrize("device_paths", ["cpu", "other"])
