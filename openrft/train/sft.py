@@ -38,7 +38,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from openrft.algo import token_logprobs_and_entropy
 from openrft.config import JobConfig, dump_config
 from openrft.data import resolve_data_path, split_holdout
 from openrft.data.sft_data import TokenizedConversation, load_conversations, tokenize_conversations
@@ -55,7 +54,7 @@ from openrft.train.checkpoint import (
 from openrft.train.data_setup import epoch_order, total_steps
 from openrft.train.loop import RunSummary, StopRequest, peak_rss_gb
 from openrft.train.optim import build_optimizer
-from openrft.train.policy import Policy, build_policy, set_threads
+from openrft.train.policy import Policy, build_policy, lm_head_logprobs, set_threads
 from openrft.train.status import write_status
 
 VAL_LOSS = "val/loss"
@@ -317,16 +316,7 @@ def assistant_nll(
     predicts_B_T = mask_B_T[:, 1:]  # the hidden state at t predicts token t + 1
     hidden_N_H = out.last_hidden_state[:, :-1][predicts_B_T]
     targets_N = ids_B_T[:, 1:][predicts_B_T]
-    head = causal_lm.get_output_embeddings()
-    logprobs_N, _ = token_logprobs_and_entropy(
-        hidden_N_H,
-        head.weight,
-        targets_N,
-        CHUNK_TOKENS,
-        head.bias,
-        with_entropy=False,
-        softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
-    )
+    logprobs_N, _ = lm_head_logprobs(causal_lm, hidden_N_H, targets_N, CHUNK_TOKENS, False)
     return -logprobs_N.sum(), int(targets_N.numel())
 
 

@@ -17,11 +17,10 @@ from openrft.algo import (
     clipped_policy_loss,
     lookup,
     sampler_correction_weights,
-    token_logprobs_and_entropy,
 )
 from openrft.config import AlgoConfig, TrainConfig
 from openrft.train.packed_forward import pack_rows, packed_hidden_states
-from openrft.train.policy import Policy
+from openrft.train.policy import Policy, lm_head_logprobs
 from openrft.types import RolloutGroup
 
 
@@ -216,15 +215,8 @@ def sequence_logprobs(
     lengths_B = torch.tensor([len(c) for c in completions], device=device)
     mask_B_T = (torch.arange(width, device=device)[None, :] < lengths_B[:, None]).float()
     targets_N = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
-    head = causal_lm.get_output_embeddings()
-    logprobs_N, entropy_N = token_logprobs_and_entropy(
-        hidden_N_H,
-        head.weight,
-        targets_N,
-        chunk_tokens,
-        head.bias,
-        with_entropy=with_entropy,
-        softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
+    logprobs_N, entropy_N = lm_head_logprobs(
+        causal_lm, hidden_N_H, targets_N, chunk_tokens, with_entropy
     )
     selected = mask_B_T.bool()
     logprobs_B_T = torch.zeros(mask_B_T.shape, device=device, dtype=logprobs_N.dtype)
