@@ -185,22 +185,37 @@ class CompactDecoder:
         """Take the policy's current weights (LoRA merged). Unfused weights already in this
         dtype are held by reference, so the optimizer's in-place updates reach them; packed
         forms are rebuilt for what changed."""
+        split_gate_up = self.dtype == torch.bfloat16  # oneDNN, which fuses post-ops
+        packing = (
+            [
+                (projection, tuple(f"model.layers.{index}.{source}" for source in sources))
+                for index, layer in enumerate(self.layers)
+                for projection, sources in layer.packing(split_gate_up)
+            ]
+            if self.packed_rows
+            else []
+        )
+        # A projection made of one weight packs from that weight as it arrives, already
+        # (out, in) in this dtype: packing from the transposed slot would copy it again.
+        single = {sources[0]: projection for projection, sources in packing if len(sources) == 1}
         changed: set[str] = set()
+        packed: set[int] = set()
         for name, weight in current_weights(policy, only_changing=self._synced_once):
             if name in self._slots:
                 self._slots[name].copy_(weight)
+                projection = single.get(name)
+                if projection is not None and weight.dtype == self.dtype == torch.bfloat16:
+                    projection.pack(self.packed_rows, weight.contiguous())
+                    packed.add(id(projection))
             elif name in _UNFUSED:
                 setattr(self, _UNFUSED[name], weight.to(self.dtype))
             changed.add(name)
         if self.tied:
             self.lm_head = self.embed
         if self.packed_rows:
-            split_gate_up = self.dtype == torch.bfloat16  # oneDNN, which fuses post-ops
-            for layer_index, layer in enumerate(self.layers):
-                prefix = f"model.layers.{layer_index}."
-                for projection, sources in layer.packing(split_gate_up):
-                    if any(prefix + source in changed for source in sources):
-                        projection.pack(self.packed_rows)
+            for projection, sources in packing:
+                if id(projection) not in packed and changed.intersection(sources):
+                    projection.pack(self.packed_rows)
             if changed & {"lm_head.weight", "model.embed_tokens.weight"}:
                 self.head_packed = pack_weight(self.lm_head, self.packed_rows)
         self._synced_once = True

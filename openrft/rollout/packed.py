@@ -22,8 +22,10 @@ class Projection:
         self.packed: torch.Tensor | None = None
         self.packed_rows = 0  # MKL: the row count the packed form serves
 
-    def pack(self, rows: int) -> None:
-        self.packed = pack_weight(self.weight_t.T, rows)
+    def pack(self, rows: int, weight_O_I: torch.Tensor | None = None) -> None:
+        """Pack `weight_t`, or `weight_O_I` where the caller holds the same values already
+        laid out (out, in): packing from the transposed buffer copies it once more."""
+        self.packed = pack_weight(self.weight_t.T if weight_O_I is None else weight_O_I, rows)
         self.packed_rows = rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -149,6 +149,29 @@ def test_packed_weights_give_the_same_logits(llama, dtype, tolerance):
         llama.double()
 
 
+def test_a_bf16_lora_policy_repacks_what_each_sync_brings(llama):
+    # A bf16 base merges LoRA in bf16, and single-weight projections pack from the merged
+    # weight as it arrives: after an update every packed form must carry the new weights.
+    if not can_pack(torch.bfloat16):
+        pytest.skip("no packed bf16 format here (oneDNN with bf16 instructions)")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(0)
+    base = _wide(AutoModelForCausalLM.from_config(llama.config)).to(torch.bfloat16)
+    policy = get_peft_model(base, config)
+    decoder = CompactDecoder(policy, torch.bfloat16, packed_rows=6)
+    assert decoder.layers[0].down.packed is not None
+    assert _step_by_step(decoder, policy) < 0.1  # bf16 rounding of logits of size ~1-5
+    with torch.no_grad():  # an "update": every LoRA B moves
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.3)
+    stale = _step_by_step(decoder, policy)
+    decoder.sync(policy)
+    # The update moved the logits by ~4 and made them larger (so bf16 rounds more coarsely:
+    # ~0.2); a projection left with its old packed form would leave a gap of the first size.
+    assert stale > 1.0 and _step_by_step(decoder, policy) < 0.1 * stale
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_finished_rows_stay_in_the_batch_until_a_quarter_is_done(llama, dtype):
     decoder = CompactDecoder(llama.float(), dtype, packed_rows=64)
