@@ -143,32 +143,25 @@ def token_logprobs_and_entropy(
     returned with its graph; detach it when it is only logged.
     """
     _check_arguments(hidden_N_H, targets_N, chunk_tokens, temperature)
-    inputs = (hidden_N_H, lm_head_weight_V_H, lm_head_bias_V)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    # The kept log-probs of every chunk together, float32 at least.
+    # The kept log-probs of every chunk together, float32 at least. (Without a graph to build,
+    # nothing is kept: a chunk's context goes as soon as its outputs are made.)
     keep = hidden_N_H.shape[0] * lm_head_weight_V_H.shape[0] * 4 <= KEEP_FOR_BACKWARD_BYTES
     logprob_chunks: list[torch.Tensor] = []
     entropy_chunks: list[torch.Tensor] = []
     for start in range(0, hidden_N_H.shape[0], chunk_tokens):
         hidden_C_H = hidden_N_H[start : start + chunk_tokens]
         targets_C = targets_N[start : start + chunk_tokens]
-        if needs_grad:
-            outputs = _ChunkLogprobs.apply(
-                hidden_C_H,
-                lm_head_weight_V_H,
-                lm_head_bias_V,
-                targets_C,
-                temperature,
-                with_entropy,
-                keep,
-                softcap,
-            )
-            logprobs_C, entropy_C = outputs if with_entropy else (outputs, None)
-        else:
-            logits_C_V = _chunk_logits(hidden_C_H, lm_head_weight_V_H, lm_head_bias_V, softcap)
-            log_probs_C_V = _chunk_log_probs(logits_C_V, temperature)
-            logprobs_C = log_probs_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
-            entropy_C = _entropy(log_probs_C_V) if with_entropy else None
+        outputs = _ChunkLogprobs.apply(
+            hidden_C_H,
+            lm_head_weight_V_H,
+            lm_head_bias_V,
+            targets_C,
+            temperature,
+            with_entropy,
+            keep,
+            softcap,
+        )
+        logprobs_C, entropy_C = outputs if with_entropy else (outputs, None)
         logprob_chunks.append(logprobs_C)
         if entropy_C is not None:
             entropy_chunks.append(entropy_C)
