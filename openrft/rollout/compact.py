@@ -199,14 +199,14 @@ class CompactDecoder:
         # (out, in) in this dtype: packing from the transposed slot would copy it again.
         single = {sources[0]: projection for projection, sources in packing if len(sources) == 1}
         changed: set[str] = set()
-        packed: set[int] = set()
+        packed: set[Projection] = set()  # packed already in this sync
         for name, weight in current_weights(policy, only_changing=self._synced_once):
             if name in self._slots:
                 self._slots[name].copy_(weight)
                 projection = single.get(name)
                 if projection is not None and weight.dtype == self.dtype == torch.bfloat16:
                     projection.pack(self.packed_rows, weight.contiguous())
-                    packed.add(id(projection))
+                    packed.add(projection)
             elif name in _UNFUSED:
                 setattr(self, _UNFUSED[name], weight.to(self.dtype))
             changed.add(name)
@@ -214,7 +214,7 @@ class CompactDecoder:
             self.lm_head = self.embed
         if self.packed_rows:
             for projection, sources in packing:
-                if id(projection) not in packed and changed.intersection(sources):
+                if projection not in packed and changed.intersection(sources):
                     projection.pack(self.packed_rows)
             if changed & {"lm_head.weight", "model.embed_tokens.weight"}:
                 self.head_packed = pack_weight(self.lm_head, self.packed_rows)
