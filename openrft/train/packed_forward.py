@@ -1,11 +1,20 @@
 """The trainer's forward pass over rows packed by prompt, without padding.
 
-Rows that share a prompt (a GRPO group) are laid out as one segment: the prompt once, then
-each row's completion. Every segment's tokens are concatenated into a single sequence of N
-tokens, so the projections and MLPs (most of the compute) see no padding at all. Only
-attention needs the segments apart: the attention function registered here gathers them
-into a padded (U, S) batch, applies the group mask (a completion token sees its prompt and
-its own completion; a prompt token sees its prompt causally), and scatters the result back.
+Rows that share a prompt (a GRPO group) share one computation of it: each distinct prompt
+appears once. All tokens are concatenated into a single sequence of N tokens, so the
+projections and MLPs (most of the compute) see no padding at all. Only attention needs the
+pieces apart; the attention function registered here lays them out in one of two ways:
+- **segments**: a group is one segment, its prompt then its completions, under a group mask
+  (a completion token sees its prompt and its own earlier tokens), the segments of a
+  micro-batch a padded (U, S) batch. The completions' scores against each other are computed
+  and masked out, so its cost grows with (G x completion length)^2;
+- **apart**: the prompts alone as segments, and the completions as a second padded batch,
+  each attending to its prompt's keys and its own earlier tokens: the attention the mask
+  allows and little more, but twice the calls, and many short query blocks.
+For short completions the first is faster on the CPU (8 groups of 8 completions of 8 tokens
+after 60-token prompts: 19 vs 24 ms a layer, forward and backward); for long ones the second
+(8 completions of 256 tokens after a 150-token prompt: 387 vs 72 ms). pack_rows picks by the
+attention scores each would compute (`APART_COST_RATIO`).
 
 On the CPU, a bf16 base model with float32 LoRA adapters runs the decoder under bf16 autocast
 (the adapters' matmuls in bf16 like the base's, no float32 copies of the activations per
@@ -16,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import peft.helpers
 import torch
@@ -33,24 +42,36 @@ FLOAT32_ATTENTION_DEVICES = {"cpu"}
 # Where SDPA takes grouped key/value heads with a mask (enable_gqa; 14 vs 17 ms per layer on
 # the CPU); elsewhere the heads are repeated, as transformers does for CUDA with a mask.
 GROUPED_HEADS_DEVICES = {"cpu"}
-# Segment ids in the layout: the prompt, padding, or (>= 0) the row a completion token is of.
-PROMPT_SEGMENT, PADDING_SEGMENT = -1, -2
+# Completions go apart from their prompt's segment when that computes fewer than this share
+# of the segments' attention scores, counting queries in blocks of QUERY_BLOCK (the CPU
+# kernel's unit: a 4-token completion costs a block). Measured (9 query and 3 key heads of
+# 64, float32 SDPA, forward and backward, 8 rows a prompt): a share of 0.65 took 0.91x the
+# time, 0.85 1.06x, 1.34 1.27x; 0.42-0.48 took 0.62-0.79x, 0.18-0.30 0.19-0.51x.
+APART_COST_RATIO = 0.6
+QUERY_BLOCK = 32
+PROMPT = -1  # the segment id of a prompt token; a completion token's is its row's index
 
 
 @dataclass(frozen=True)
 class PackedRows:
-    """N real tokens of U segments (one per distinct prompt), and how attention lays them out
-    as a padded (U, S) batch."""
+    """N real tokens and how attention lays them out: first the segments' tokens, a padded
+    (U, S) batch, one segment per distinct prompt (the prompt, then its completions unless
+    they go apart); then, when they go apart, the completions' tokens as a padded (R, C)
+    batch, R = U x G (G slots per prompt for its rows), whose keys are their segment's S
+    slots (the prompt) followed by their own C. Without it R x C is empty."""
 
-    ids_1_N: torch.Tensor  # token ids, segment after segment
+    ids_1_N: torch.Tensor  # token ids, segments first
     positions_1_N: torch.Tensor  # position ids: a completion restarts where its prompt ends
-    gather_U_S: torch.Tensor  # which of the N tokens sits at (u, s); 0 in the padding
-    real_M: torch.Tensor  # flat (u * S + s) index of each of the N tokens, in order
-    allowed_U_S_S: torch.Tensor  # allowed[u, query, key]: the attention each token may do
+    segment_slots_Ns: torch.Tensor  # flat (u * S + s) slot of each segment token (the first Ns)
+    completion_slots_Nc: torch.Tensor  # flat (r * C + s) slot of each completion token (the rest)
+    segment_allowed_U_S_S: torch.Tensor  # [u, query, key]: the attention each token may do
+    completion_allowed_R_C_K: torch.Tensor  # [r, query, key], K = S + C: prompt, own past
+    segment_positions_U_S: torch.Tensor  # position of each slot (0 in the padding)
+    completion_positions_R_C: torch.Tensor
     predictor_N: torch.Tensor  # index (into N) of the state predicting each target, row by row
 
     def to(self, device: torch.device) -> PackedRows:
-        return PackedRows(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return PackedRows(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def pack_rows(rows: list) -> PackedRows:
@@ -61,55 +82,97 @@ def pack_rows(rows: list) -> PackedRows:
     length for every completion, so each token sees exactly what it saw when it was sampled
     and its log-prob equals a plain forward of prompt + completion. Targets are listed row by
     row: row b's completion token j is predicted by the state before it (the prompt's last
-    token for j = 0). A completion's last token predicts nothing and is left out. Padding is a
-    segment of its own: no real token attends to it, and it attends at least to itself, so no
-    softmax row is empty.
+    token for j = 0). A completion's last token predicts nothing and is left out. No real
+    token attends to padding, and a padding slot attends to itself, so no softmax row is empty.
     """
-    prompt_rows: dict[tuple[int, ...], list[int]] = {}
+    members: dict[tuple[int, ...], list[int]] = {}  # prompt -> its rows, in order
     for b, row in enumerate(rows):
-        prompt_rows.setdefault(tuple(row.token_ids[: row.prompt_length]), []).append(b)
+        members.setdefault(tuple(row.token_ids[: row.prompt_length]), []).append(b)
+    completions = [
+        row.token_ids[row.prompt_length : -1] for row in rows
+    ]  # the last predicts nothing
+    apart = _completions_apart(members, completions)
     ids: list[int] = []
     positions: list[int] = []
     segments: list[list[int]] = []  # per segment, the segment id of each of its tokens
     predictor: dict[int, list[int]] = {}  # row -> indices into N
-    for prompt, members in prompt_rows.items():
-        start = len(ids)
+
+    def add_completion(b: int, prompt_length: int, prompt_end: int) -> None:
+        predictor[b] = [prompt_end - 1, *range(len(ids), len(ids) + len(completions[b]))]
+        ids.extend(completions[b])
+        positions.extend(range(prompt_length, prompt_length + len(completions[b])))
+
+    prompt_ends = []
+    for prompt, bs in members.items():
         ids.extend(prompt)
         positions.extend(range(len(prompt)))
-        segment = [PROMPT_SEGMENT] * len(prompt)
-        for b in members:
-            completion = rows[b].token_ids[rows[b].prompt_length :]
-            first = len(ids)
-            predictor[b] = [start + len(prompt) - 1, *range(first, first + len(completion) - 1)]
-            ids.extend(completion[:-1])
-            positions.extend(range(len(prompt), len(prompt) + len(completion) - 1))
-            segment.extend([b] * (len(completion) - 1))
-        segments.append(segment)
+        prompt_ends.append(len(ids))
+        segments.append([PROMPT] * len(prompt))
+        for b in [] if apart else bs:
+            add_completion(b, len(prompt), prompt_ends[-1])
+            segments[-1].extend([b] * len(completions[b]))
+    # The completions' batch has a slot (u, g) for the g-th row of prompt u.
+    group = max(len(bs) for bs in members.values()) if apart else 0
+    lengths_R = torch.zeros(len(members) * group, dtype=torch.long)
+    prompt_lengths_R = torch.zeros(len(members) * group, dtype=torch.long)
+    for u, (prompt, bs) in enumerate(members.items() if apart else ()):
+        for g, b in enumerate(bs):
+            add_completion(b, len(prompt), prompt_ends[u])
+            lengths_R[u * group + g] = len(completions[b])
+        prompt_lengths_R[u * group : (u + 1) * group] = len(prompt)
 
-    length = max(len(s) for s in segments)
-    gather_U_S = torch.zeros((len(segments), length), dtype=torch.long)
-    segments_U_S = torch.full((len(segments), length), PADDING_SEGMENT, dtype=torch.long)
-    start = 0
+    width_S = max(len(s) for s in segments)
+    width_C = int(lengths_R.max()) if apart else 0
+    segment_ids_U_S = torch.full((len(segments), width_S), PROMPT, dtype=torch.long)
+    real_U_S = torch.zeros((len(segments), width_S), dtype=torch.bool)
     for u, segment in enumerate(segments):
-        gather_U_S[u, : len(segment)] = torch.arange(start, start + len(segment))
-        segments_U_S[u, : len(segment)] = torch.tensor(segment)
-        start += len(segment)
-    real_M = (segments_U_S != PADDING_SEGMENT).flatten().nonzero().squeeze(1)
-    query_1_S_1 = torch.arange(length)[None, :, None]
-    key_1_1_S = torch.arange(length)[None, None, :]
-    key_segment_U_1_S = segments_U_S[:, None, :]
-    same_or_prompt = (key_segment_U_1_S == PROMPT_SEGMENT) | (
-        key_segment_U_1_S == segments_U_S[:, :, None]
-    )
-    allowed_U_S_S = (key_1_1_S <= query_1_S_1) & same_or_prompt
+        segment_ids_U_S[u, : len(segment)] = torch.tensor(segment)
+        real_U_S[u, : len(segment)] = True
+    segment_slots_Ns = real_U_S.flatten().nonzero().squeeze(1)
+    positions_U_S = torch.zeros((len(segments), width_S), dtype=torch.long)
+    positions_U_S.view(-1)[segment_slots_Ns] = torch.tensor(positions[: len(segment_slots_Ns)])
+    # [batch, query, key]: a real query sees real keys at or before it of its prompt or its
+    # own row; a padding slot only itself.
+    same_row = segment_ids_U_S[:, None, :] == segment_ids_U_S[:, :, None]
+    visible = (segment_ids_U_S[:, None, :] == PROMPT) | same_row
+    segment_allowed = _causal(width_S) & visible & real_U_S[:, :, None] & real_U_S[:, None, :]
+    segment_allowed |= torch.eye(width_S, dtype=torch.bool)
+    slot_C = torch.arange(width_C)
+    real_R_C = slot_C < lengths_R[:, None]
+    own_allowed = _causal(width_C) & real_R_C[:, :, None] | torch.eye(width_C, dtype=torch.bool)
+    prompt_seen = real_U_S.repeat_interleave(group, dim=0)[:, None, :] & real_R_C[:, :, None]
     return PackedRows(
-        ids_1_N=torch.tensor([ids]),
-        positions_1_N=torch.tensor([positions]),
-        gather_U_S=gather_U_S,
-        real_M=real_M,
-        allowed_U_S_S=allowed_U_S_S,
+        ids_1_N=torch.tensor([ids], dtype=torch.long),
+        positions_1_N=torch.tensor([positions], dtype=torch.long),
+        segment_slots_Ns=segment_slots_Ns,
+        completion_slots_Nc=real_R_C.flatten().nonzero().squeeze(1),
+        segment_allowed_U_S_S=segment_allowed,
+        completion_allowed_R_C_K=torch.cat([prompt_seen, own_allowed], dim=2),
+        segment_positions_U_S=positions_U_S,
+        completion_positions_R_C=torch.where(real_R_C, prompt_lengths_R[:, None] + slot_C, 0),
         predictor_N=torch.tensor([i for b in range(len(rows)) for i in predictor[b]]),
     )
+
+
+def _completions_apart(members: dict[tuple[int, ...], list[int]], completions: list) -> bool:
+    """Whether the completions attend as a batch of their own: when that computes fewer than
+    APART_COST_RATIO of the attention scores the one-segment-per-group layout would."""
+    width_P = max(len(prompt) for prompt in members)
+    width_C = max(len(c) for c in completions)
+    width_S = max(len(p) + sum(len(completions[b]) for b in bs) for p, bs in members.items())
+    group = max(len(bs) for bs in members.values())
+
+    def blocks(queries: int) -> int:
+        return -(-queries // QUERY_BLOCK) * QUERY_BLOCK
+
+    together = blocks(width_S) * width_S
+    apart = blocks(width_P) * width_P + group * blocks(width_C) * (width_P + width_C)
+    return apart < APART_COST_RATIO * together
+
+
+def _causal(width: int) -> torch.Tensor:
+    """(width, width): key at or before query."""
+    return torch.ones(width, width, dtype=torch.bool).tril()
 
 
 def packed_hidden_states(causal_lm: PreTrainedModel, packed: PackedRows) -> torch.Tensor:
@@ -137,7 +200,8 @@ def packed_attention_forward(
     sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention over the packed sequence (1, heads, N, head_dim), segment by segment.
+    """Attention over the packed sequence (1, heads, N, head_dim): the segments, then the
+    completions that went apart, against their prompt's keys and their own.
 
     Follows transformers' attention-function contract: returns (1, N, heads, head_dim).
     """
@@ -146,59 +210,116 @@ def packed_attention_forward(
         raise ModelError(f"the {ATTENTION_NAME!r} attention runs only inside packed_hidden_states")
     if kwargs.get("s_aux") is not None:
         raise ModelError("packed training does not support attention sinks (s_aux)")
-    softcap = kwargs.get("softcap")
     dtype, device = query.dtype, query.device.type
     half = dtype in (torch.bfloat16, torch.float16)
     compute = torch.float32 if half and device in FLOAT32_ATTENTION_DEVICES else dtype
-    segments, length = packed.gather_U_S.shape
-    query_U_H_S_D, key_U_K_S_D, value_U_K_S_D = (
-        _padded(t[0].to(compute), packed.real_M, segments * length)
-        .unflatten(1, (segments, length))
-        .transpose(0, 1)
-        for t in (query, key, value)
-    )
-    allowed_U_1_S_S = packed.allowed_U_S_S[:, None]
-    if sliding_window is not None:  # a key further back than the window is out of sight
-        positions_U_S = packed.positions_1_N[0][packed.gather_U_S]
-        distance_U_S_S = positions_U_S[:, :, None] - positions_U_S[:, None, :]
-        allowed_U_1_S_S = allowed_U_1_S_S & (distance_U_S_S < sliding_window)[:, None]
-    groups = query.shape[1] // key.shape[1]
-    gqa = {}
-    if groups > 1 and device in GROUPED_HEADS_DEVICES and softcap is None:
-        gqa["enable_gqa"] = True
-    elif groups > 1:
-        key_U_K_S_D, value_U_K_S_D = (
-            t.repeat_interleave(groups, dim=1) for t in (key_U_K_S_D, value_U_K_S_D)
-        )
-    dropout = dropout if module.training else 0.0
+    segment_tokens = packed.segment_slots_Ns.shape[0]
+    segments, width_S = packed.segment_positions_U_S.shape
+    rows, width_C = packed.completion_positions_R_C.shape
+
+    def batch(t_1_H_N_D: torch.Tensor, completions: bool) -> torch.Tensor:
+        """The segments' (U, H, S, D) or the completions' (R, H, C, D) padded batch."""
+        part = slice(segment_tokens, None) if completions else slice(0, segment_tokens)
+        slots = packed.completion_slots_Nc if completions else packed.segment_slots_Ns
+        count, width = (rows, width_C) if completions else (segments, width_S)
+        padded = _padded(t_1_H_N_D[0, :, part].to(compute), slots, count * width)
+        return padded.unflatten(1, (count, width)).transpose(0, 1)
+
+    attend = _Attention(module, query, key, scaling, dropout, sliding_window, kwargs)
     with torch.autocast(query.device.type, enabled=False):
-        if softcap is None:
-            out_U_H_S_D = F.scaled_dot_product_attention(
-                query_U_H_S_D,
-                key_U_K_S_D,
-                value_U_K_S_D,
-                attn_mask=allowed_U_1_S_S,
-                dropout_p=dropout,
-                scale=scaling,
-                **gqa,
+        segment_k, segment_v = batch(key, False), batch(value, False)
+        positions_U_S = packed.segment_positions_U_S
+        out_U_H_S_D = attend(
+            batch(query, False),
+            segment_k,
+            segment_v,
+            packed.segment_allowed_U_S_S,
+            positions_U_S,
+            positions_U_S,
+        )
+        outputs = [_real(out_U_H_S_D, packed.segment_slots_Ns)]
+        if packed.completion_slots_Nc.numel():
+            # Each completion's keys: its prompt's (its segment's) slots, then its own. The
+            # prompt's are repeated for the G slots of its group (backward sums them).
+            group = rows // segments
+            keys, values = (
+                torch.cat(
+                    [
+                        prompt[:, None].expand(-1, group, -1, -1, -1),
+                        batch(own, True).unflatten(0, (segments, group)),
+                    ],
+                    dim=3,
+                ).flatten(0, 1)
+                for prompt, own in ((segment_k, key), (segment_v, value))
             )
-        else:  # Gemma 2's capped scores, which SDPA does not do
-            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-            scores_U_H_S_S = query_U_H_S_D @ key_U_K_S_D.transpose(-1, -2) * scale
-            scores_U_H_S_S = torch.tanh(scores_U_H_S_S / softcap) * softcap
-            scores_U_H_S_S = scores_U_H_S_S.masked_fill(~allowed_U_1_S_S, float("-inf"))
-            probs_U_H_S_S = torch.softmax(scores_U_H_S_S, dim=-1, dtype=torch.float32)
-            probs_U_H_S_S = F.dropout(probs_U_H_S_S, dropout).to(value_U_K_S_D.dtype)
-            out_U_H_S_D = probs_U_H_S_S @ value_U_K_S_D
-    out_M_H_D = out_U_H_S_D.to(dtype).transpose(1, 2).flatten(0, 1)
-    return out_M_H_D.index_select(0, packed.real_M)[None], None
+            key_positions_R_K = torch.cat(
+                [positions_U_S.repeat_interleave(group, dim=0), packed.completion_positions_R_C],
+                dim=1,
+            )
+            out_R_H_C_D = attend(
+                batch(query, True),
+                keys,
+                values,
+                packed.completion_allowed_R_C_K,
+                packed.completion_positions_R_C,
+                key_positions_R_K,
+            )
+            outputs.append(_real(out_R_H_C_D, packed.completion_slots_Nc))
+    out_N_H_D = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return out_N_H_D.to(dtype)[None], None
 
 
-def _padded(x_H_N_D: torch.Tensor, real_M: torch.Tensor, slots: int) -> torch.Tensor:
-    """(H, M, D) with the N real tokens at `real_M` and zeros in the padding. index_copy, not
+class _Attention:
+    """Masked attention of one padded batch with the model's settings: its scaling, dropout,
+    sliding window, grouped key/value heads and Gemma 2's score soft cap (SDPA has none)."""
+
+    def __init__(self, module, query, key, scaling, dropout, sliding_window, kwargs):
+        self.scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        self.dropout = dropout if module.training else 0.0
+        self.sliding_window = sliding_window
+        self.softcap = kwargs.get("softcap")
+        self.groups = query.shape[1] // key.shape[1]
+        self.grouped_sdpa = (
+            self.groups > 1 and query.device.type in GROUPED_HEADS_DEVICES and self.softcap is None
+        )
+
+    def __call__(self, query_B_H_Q_D, key_B_K_S_D, value_B_K_S_D, allowed_B_Q_S, q_pos, k_pos):
+        if self.sliding_window is not None:  # a key further back than the window is unseen
+            distance_B_Q_S = q_pos[:, :, None] - k_pos[:, None, :]
+            allowed_B_Q_S = allowed_B_Q_S & (distance_B_Q_S < self.sliding_window)
+        allowed_B_1_Q_S = allowed_B_Q_S[:, None]
+        if self.groups > 1 and not self.grouped_sdpa:
+            key_B_K_S_D, value_B_K_S_D = (
+                t.repeat_interleave(self.groups, dim=1) for t in (key_B_K_S_D, value_B_K_S_D)
+            )
+        if self.softcap is None:
+            return F.scaled_dot_product_attention(
+                query_B_H_Q_D,
+                key_B_K_S_D,
+                value_B_K_S_D,
+                attn_mask=allowed_B_1_Q_S,
+                dropout_p=self.dropout,
+                scale=self.scaling,
+                enable_gqa=self.grouped_sdpa,
+            )
+        scores_B_H_Q_S = query_B_H_Q_D @ key_B_K_S_D.transpose(-1, -2) * self.scaling
+        scores_B_H_Q_S = torch.tanh(scores_B_H_Q_S / self.softcap) * self.softcap
+        scores_B_H_Q_S = scores_B_H_Q_S.masked_fill(~allowed_B_1_Q_S, float("-inf"))
+        probs_B_H_Q_S = torch.softmax(scores_B_H_Q_S, dim=-1, dtype=torch.float32)
+        probs_B_H_Q_S = F.dropout(probs_B_H_Q_S, self.dropout).to(value_B_K_S_D.dtype)
+        return probs_B_H_Q_S @ value_B_K_S_D
+
+
+def _padded(x_H_N_D: torch.Tensor, slots: torch.Tensor, count: int) -> torch.Tensor:
+    """(H, count, D) with the real tokens at `slots` and zeros in the padding. index_copy, not
     a gather with repeated indices: its backward is a plain index_select, no accumulation."""
     heads, _, head_dim = x_H_N_D.shape
-    return x_H_N_D.new_zeros((heads, slots, head_dim)).index_copy(1, real_M, x_H_N_D)
+    return x_H_N_D.new_zeros((heads, count, head_dim)).index_copy(1, slots, x_H_N_D)
+
+
+def _real(out_B_H_Q_D: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The real tokens' outputs of a padded batch, as (tokens, H, D)."""
+    return out_B_H_Q_D.transpose(1, 2).flatten(0, 1).index_select(0, slots)
 
 
 AttentionInterface.register(ATTENTION_NAME, packed_attention_forward)

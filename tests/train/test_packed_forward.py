@@ -4,6 +4,8 @@ caps, and a bf16 base with float32 LoRA adapters under autocast."""
 
 from __future__ import annotations
 
+import math
+
 import peft
 import pytest
 import torch
@@ -41,29 +43,68 @@ def plain_logprobs(model, row: TrainRow) -> torch.Tensor:
     return torch.stack([logprobs_L_V[t - 1, row.token_ids[t]] for t in positions])
 
 
-def test_layout_by_hand():
+@pytest.fixture
+def layout(request, monkeypatch):
+    """Force one of pack_rows's two layouts: completions in their group's segment, or apart."""
+    monkeypatch.setattr(packed_forward, "APART_COST_RATIO", math.inf if request.param else 0.0)
+    return request.param
+
+
+@pytest.mark.parametrize("layout", [False], indirect=True)
+def test_segments_layout_by_hand(layout):
     packed = pack_rows(ROWS[:2])
     # One segment: prompt 5 6 7, then row 0's completion but its last token (8 9), then row
     # 1's (nothing: its only token predicts nothing). N = 5 tokens, no padding.
     assert packed.ids_1_N.tolist() == [[5, 6, 7, 8, 9]]
     assert packed.positions_1_N.tolist() == [[0, 1, 2, 3, 4]]
     assert packed.predictor_N.tolist() == [2, 3, 4, 2]  # row 0: 8 9 10; row 1: 11
+    assert packed.completion_slots_Nc.numel() == 0
     packed = pack_rows([ROWS[1], ROWS[2]])
     # Two segments, 3 and 10 tokens: the first padded to 10 for attention only.
-    assert packed.ids_1_N.shape == (1, 13) and packed.gather_U_S.shape == (2, 10)
-    assert packed.real_M.tolist() == [0, 1, 2, *range(10, 20)]
-    allowed = packed.allowed_U_S_S[0]
+    assert packed.ids_1_N.shape == (1, 13) and packed.segment_allowed_U_S_S.shape == (2, 10, 10)
+    assert packed.segment_slots_Ns.tolist() == [0, 1, 2, *range(10, 20)]
+    allowed = packed.segment_allowed_U_S_S[0]
     assert not allowed[:3, 3:].any()  # no real token attends to padding
     assert allowed.diagonal().all()  # every padding slot attends at least to itself
-
-
-def test_completions_see_their_prompt_and_not_each_other():
     packed = pack_rows([ROWS[0], ROWS[3]])
     # Tokens: 5 6 7 | 8 9 (row 0) | 12 13 14 (row 1); positions restart after the prompt.
     assert packed.positions_1_N.tolist() == [[0, 1, 2, 3, 4, 3, 4, 5]]
-    allowed = packed.allowed_U_S_S[0].int().tolist()
+    allowed = packed.segment_allowed_U_S_S[0].int().tolist()
     assert allowed[4] == [1, 1, 1, 1, 1, 0, 0, 0]  # row 0's second token
     assert allowed[7] == [1, 1, 1, 0, 0, 1, 1, 1]  # row 1's third token
+
+
+@pytest.mark.parametrize("layout", [True], indirect=True)
+def test_apart_layout_by_hand(layout):
+    packed = pack_rows([ROWS[1], ROWS[2]])
+    # Prompts of 3 and 5 tokens, then completions of 0 and 5, padded to (2, 5) and (2, 5).
+    assert packed.ids_1_N.tolist() == [[5, 6, 7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    assert packed.segment_slots_Ns.tolist() == [0, 1, 2, 5, 6, 7, 8, 9]
+    assert packed.completion_slots_Nc.tolist() == [5, 6, 7, 8, 9]
+    assert packed.predictor_N.tolist() == [2, 7, 8, 9, 10, 11, 12]
+    empty_row = packed.completion_allowed_R_C_K[0].int()  # all padding: each sees itself
+    assert empty_row.tolist() == [[0] * 5 + [int(j == i) for j in range(5)] for i in range(5)]
+    packed = pack_rows([ROWS[0], ROWS[3]])
+    # Tokens: 5 6 7 | 8 9 (row 0) | 12 13 14 (row 1), each row in a slot of the group.
+    assert packed.positions_1_N.tolist() == [[0, 1, 2, 3, 4, 3, 4, 5]]
+    assert packed.completion_positions_R_C.tolist() == [[3, 4, 0], [3, 4, 5]]
+    # Keys of a completion: the prompt's 3 slots, then its own 3.
+    allowed = packed.completion_allowed_R_C_K.int().tolist()
+    assert allowed[0][1] == [1, 1, 1, 1, 1, 0]  # row 0's second token
+    assert allowed[0][2] == [0, 0, 0, 0, 0, 1]  # row 0's padding slot: only itself
+    assert allowed[1][2] == [1, 1, 1, 1, 1, 1]  # row 1's third token
+    assert packed.segment_allowed_U_S_S[0].int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+
+
+def test_long_completions_go_apart_and_short_ones_stay():
+    def group(prompt_length, completion_length):
+        prompt = tuple(range(1, prompt_length + 1))
+        return [TrainRow(prompt + (7,) * completion_length, prompt_length, 1.0)] * 8
+
+    # A 150-token prompt and 8 x 256: one segment of 2190 computes 5.7x the scores.
+    assert pack_rows(group(150, 256)).completion_slots_Nc.numel() == 8 * 255
+    # A 60-token prompt and 8 x 16: apart, 8 x 15 queries cost 8 blocks of 32 (0.67x).
+    assert pack_rows(group(60, 16)).completion_slots_Nc.numel() == 0
 
 
 def tiny(config_class, model_class, **overrides):
@@ -120,7 +161,10 @@ def softcapped_gemma2():
     ],
 )
 @pytest.mark.parametrize("device_paths", ["cpu", "other"])
-def test_logprobs_and_gradients_equal_a_plain_forward_of_each_row(model, device_paths, monkeypatch):
+@pytest.mark.parametrize("layout", [False, True], ids=["segments", "apart"], indirect=True)
+def test_logprobs_and_gradients_equal_a_plain_forward_of_each_row(
+    model, device_paths, layout, monkeypatch
+):
     if device_paths == "other":  # the paths CUDA takes: heads repeated, attention in its dtype
         monkeypatch.setattr(packed_forward, "GROUPED_HEADS_DEVICES", set())
         monkeypatch.setattr(packed_forward, "FLOAT32_ATTENTION_DEVICES", set())
@@ -138,7 +182,8 @@ def test_logprobs_and_gradients_equal_a_plain_forward_of_each_row(model, device_
     assert model.config._attn_implementation != ATTENTION_NAME  # switched back afterwards
 
 
-def test_bf16_base_with_float32_lora_runs_under_autocast(tiny_model_dir):
+@pytest.mark.parametrize("layout", [False, True], ids=["segments", "apart"], indirect=True)
+def test_bf16_base_with_float32_lora_runs_under_autocast(tiny_model_dir, layout):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
     config = peft.LoraConfig(
         r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False
