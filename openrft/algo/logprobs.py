@@ -6,6 +6,9 @@ and `selective_log_softmax` for small logits already in memory.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 
@@ -26,6 +29,25 @@ def selective_log_softmax(logits_N_V: torch.Tensor, targets_N: torch.Tensor) -> 
 KEEP_FOR_BACKWARD_BYTES = 256 * 2**20
 
 
+@contextlib.contextmanager
+def _bf16_products(hidden_C_H: torch.Tensor, weight_V_H: torch.Tensor) -> Iterator[None]:
+    """Let oneDNN run a float32 matmul on bf16 tiles (AMX, AVX-512 BF16) when both operands
+    are bf16 values: the products of two bf16 numbers are exact in float32 and the sums stay
+    float32, so the logits are float32 logits, not rounded ones (a bf16 head, 538 x 576 by
+    49152: 209 -> 125 ms). Where the CPU has no bf16 units PyTorch does the plain float32
+    matmul."""
+    exact = hidden_C_H.dtype == weight_V_H.dtype == torch.bfloat16
+    if not exact or hidden_C_H.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        yield
+        return
+    previous = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = previous
+
+
 def _chunk_logits(
     hidden_C_H: torch.Tensor,
     weight_V_H: torch.Tensor,
@@ -39,7 +61,8 @@ def _chunk_logits(
     dtype = torch.promote_types(
         torch.promote_types(hidden_C_H.dtype, weight_V_H.dtype), torch.float32
     )
-    logits_C_V = hidden_C_H.to(dtype) @ weight_V_H.to(dtype).T
+    with _bf16_products(hidden_C_H, weight_V_H):
+        logits_C_V = hidden_C_H.to(dtype) @ weight_V_H.to(dtype).T
     if bias_V is not None:
         logits_C_V = logits_C_V + bias_V.to(dtype)
     if softcap is not None:

@@ -165,6 +165,21 @@ def test_without_entropy_and_low_precision_inputs() -> None:
     torch.testing.assert_close(lp.double(), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_a_bf16_head_at_matmul_size_gives_float32_logits_and_restores_the_setting() -> None:
+    # Large enough for oneDNN's bf16 tiles, where the CPU has them: bf16 products are exact in
+    # float32, so the log-probs match float64 arithmetic on the same bf16 values.
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(64, 256, generator=gen).bfloat16()
+    weight = (torch.randn(4096, 256, generator=gen) * 0.2).bfloat16()
+    targets = torch.randint(0, 4096, (64,), generator=gen)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    lp, ent = token_logprobs_and_entropy(hidden, weight, targets, chunk_tokens=32)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    ref_lp, ref_ent = _reference(hidden.double(), weight.double(), targets)
+    torch.testing.assert_close(lp.double(), ref_lp, atol=2e-5, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=2e-5, rtol=0)
+
+
 def test_empty_input_and_bad_arguments() -> None:
     lp, ent = token_logprobs_and_entropy(
         torch.zeros(0, H), torch.zeros(V, H), torch.zeros(0, dtype=torch.long)
