@@ -59,43 +59,41 @@ def unsupported_reason(model: nn.Module) -> str | None:
 class _Layer:
     """One decoder layer's weights, each projection stored transposed, (in, out), because
     `x @ W_t` on a contiguous (in, out) matrix is 2-4x faster than `F.linear(x, W)` for the
-    4-60 rows a shrinking decode batch has (MKL repacks a transposed operand on every call)."""
+    4-60 rows a shrinking decode batch has (MKL repacks a transposed operand on every call).
+    Where oneDNN packs bf16 weights, a projection's packed form is its only copy (see
+    CompactDecoder.packed_only)."""
 
     input_norm: torch.Tensor
     qkv: Projection  # (hidden, (q_heads + 2 * kv_heads) * head_dim): q, k, v fused
     qkv_bias: torch.Tensor | None
     out: Projection
     post_norm: torch.Tensor
-    gate_up: Projection  # (hidden, 2 * intermediate): gate, then up
+    gate_up: Projection | None  # (hidden, 2 * intermediate): gate, then up; None if packed-only
     down: Projection
     # gate_up's two halves, packed on their own where oneDNN fuses silu into the gate's
     # matmul and the product with it into the up's (bfloat16), instead of gate_up.
     gate: Projection
     up: Projection
 
-    def packing(self, split_gate_up: bool) -> list[tuple[Projection, tuple[str, ...]]]:
-        """The projections to pack, each with the parameters (names within the layer) it is
-        made of."""
-        if split_gate_up:
-            feed_forward = [
-                (self.gate, ("mlp.gate_proj.weight",)),
-                (self.up, ("mlp.up_proj.weight",)),
-            ]
-        else:
-            feed_forward = [(self.gate_up, ("mlp.gate_proj.weight", "mlp.up_proj.weight"))]
+    def packing(self) -> list[tuple[Projection, tuple[str, ...]]]:
+        """The projections packed from their buffers after a sync, each with the parameters
+        (names within the layer) it is made of. Packed-only layers pack every other
+        projection from its weight as it arrives."""
         qkv = tuple(
             f"self_attn.{name}_proj.{kind}" for name in "qkv" for kind in ("weight", "bias")
         )
+        if self.gate_up is None:
+            return [(self.qkv, qkv)]
         return [
             (self.qkv, qkv),
             (self.out, ("self_attn.o_proj.weight",)),
-            *feed_forward,
+            (self.gate_up, ("mlp.gate_proj.weight", "mlp.up_proj.weight")),
             (self.down, ("mlp.down_proj.weight",)),
         ]
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         """silu(x @ gate) * (x @ up)."""
-        if self.gate.packed is not None:
+        if self.gate_up is None:
             return self.up.times(x, self.gate.silu(x))
         gate, up = self.gate_up(x).chunk(2, -1)
         return F.silu(gate) * up
@@ -123,6 +121,11 @@ class CompactDecoder:
         self.device = next(policy.parameters()).device
         # Decode steps with this many rows use MKL-packed weights (0 or no MKL: never).
         self.packed_rows = packed_rows if can_pack(dtype) and self.device.type == "cpu" else 0
+        # oneDNN's packed bf16 weights serve any row count, so a projection needs no plain
+        # copy beside its packed form: o, gate, up and down are packed straight from the
+        # weights sync() brings (no transposed copy of 180 MB a sync for SmolLM2, and that
+        # much less memory), and q, k, v from one (out, in) buffer they are gathered in.
+        self.packed_only = bool(self.packed_rows) and dtype == torch.bfloat16
         self.head_packed: torch.Tensor | None = None
         # The KV cache and the decode step's attention run in float32 on the CPU whatever the
         # weights' dtype: the many small per-row matmuls of one-query attention are 3-6x
@@ -140,38 +143,60 @@ class CompactDecoder:
         q_rows = self.heads * self.head_dim
         kv_rows = self.kv_heads * self.head_dim
         self._slots: dict[str, torch.Tensor] = {}  # plain parameter name -> where it goes
+        self._packed_from: dict[str, Projection] = {}  # name -> projection packed from it
         self.layers = []
         for i in range(self.num_layers):
             prefix = f"model.layers.{i}."
             hidden = shapes[prefix + "self_attn.q_proj.weight"][1]
             intermediate = shapes[prefix + "mlp.gate_proj.weight"][0]
-            qkv_t = self._empty(hidden, q_rows + 2 * kv_rows)
-            gate_up_t = self._empty(hidden, 2 * intermediate)
             bias = None
             if prefix + "self_attn.q_proj.bias" in shapes:
                 bias = self._empty(q_rows + 2 * kv_rows)
                 for name, part in zip("qkv", _split_rows(bias, q_rows, kv_rows), strict=True):
                     self._slots[f"{prefix}self_attn.{name}_proj.bias"] = part
-            # A slot for a (out, in) weight is a transposed view into its (in, out) buffer.
+            # A slot for a (out, in) weight: rows of an (out, in) buffer where the weights
+            # are only packed, else a transposed view into its (in, out) buffer.
+            qkv_t = (
+                self._empty(q_rows + 2 * kv_rows, hidden).T
+                if self.packed_only
+                else self._empty(hidden, q_rows + 2 * kv_rows)
+            )
             for name, part in zip("qkv", _split_rows(qkv_t.T, q_rows, kv_rows), strict=True):
                 self._slots[f"{prefix}self_attn.{name}_proj.weight"] = part
-            self._slots[prefix + "mlp.gate_proj.weight"] = gate_up_t.T[:intermediate]
-            self._slots[prefix + "mlp.up_proj.weight"] = gate_up_t.T[intermediate:]
+            if self.packed_only:
+                gate_up = None
+                out, gate, up, down = (Projection(None) for _ in range(4))
+                for name, projection in (
+                    ("self_attn.o_proj", out),
+                    ("mlp.gate_proj", gate),
+                    ("mlp.up_proj", up),
+                    ("mlp.down_proj", down),
+                ):
+                    self._packed_from[f"{prefix}{name}.weight"] = projection
+            else:
+                gate_up_t = self._empty(hidden, 2 * intermediate)
+                gate_up = Projection(gate_up_t)
+                out = Projection(self._empty(q_rows, hidden))
+                down = Projection(self._empty(intermediate, hidden))
+                gate = Projection(gate_up_t[:, :intermediate])
+                up = Projection(gate_up_t[:, intermediate:])
+                self._slots[prefix + "mlp.gate_proj.weight"] = gate_up_t.T[:intermediate]
+                self._slots[prefix + "mlp.up_proj.weight"] = gate_up_t.T[intermediate:]
+                self._slots[prefix + "self_attn.o_proj.weight"] = out.weight_t.T
+                self._slots[prefix + "mlp.down_proj.weight"] = down.weight_t.T
             layer = _Layer(
                 input_norm=self._empty(hidden),
                 qkv=Projection(qkv_t),
                 qkv_bias=bias,
-                out=Projection(self._empty(q_rows, hidden)),
+                out=out,
                 post_norm=self._empty(hidden),
-                gate_up=Projection(gate_up_t),
-                down=Projection(self._empty(intermediate, hidden)),
-                gate=Projection(gate_up_t[:, :intermediate]),
-                up=Projection(gate_up_t[:, intermediate:]),
+                gate_up=gate_up,
+                down=down,
+                gate=gate,
+                up=up,
             )
             self._slots[prefix + "input_layernorm.weight"] = layer.input_norm
             self._slots[prefix + "post_attention_layernorm.weight"] = layer.post_norm
-            self._slots[prefix + "self_attn.o_proj.weight"] = layer.out.weight_t.T
-            self._slots[prefix + "mlp.down_proj.weight"] = layer.down.weight_t.T
             self.layers.append(layer)
         self.tied = "lm_head.weight" not in shapes  # tied weights are listed once
         self._synced_once = False
@@ -185,37 +210,23 @@ class CompactDecoder:
         """Take the policy's current weights (LoRA merged). Unfused weights already in this
         dtype are held by reference, so the optimizer's in-place updates reach them; packed
         forms are rebuilt for what changed."""
-        split_gate_up = self.dtype == torch.bfloat16  # oneDNN, which fuses post-ops
-        packing = (
-            [
-                (projection, tuple(f"model.layers.{index}.{source}" for source in sources))
-                for index, layer in enumerate(self.layers)
-                for projection, sources in layer.packing(split_gate_up)
-            ]
-            if self.packed_rows
-            else []
-        )
-        # A projection made of one weight packs from that weight as it arrives, already
-        # (out, in) in this dtype: packing from the transposed slot would copy it again.
-        single = {sources[0]: projection for projection, sources in packing if len(sources) == 1}
         changed: set[str] = set()
-        packed: set[Projection] = set()  # packed already in this sync
         for name, weight in current_weights(policy, only_changing=self._synced_once):
             if name in self._slots:
                 self._slots[name].copy_(weight)
-                projection = single.get(name)
-                if projection is not None and weight.dtype == self.dtype == torch.bfloat16:
-                    projection.pack(self.packed_rows, weight.contiguous())
-                    packed.add(projection)
+            elif name in self._packed_from:
+                weight_O_I = weight.to(self.dtype).contiguous()
+                self._packed_from[name].pack(self.packed_rows, weight_O_I)
             elif name in _UNFUSED:
                 setattr(self, _UNFUSED[name], weight.to(self.dtype))
             changed.add(name)
         if self.tied:
             self.lm_head = self.embed
         if self.packed_rows:
-            for projection, sources in packing:
-                if projection not in packed and changed.intersection(sources):
-                    projection.pack(self.packed_rows)
+            for index, layer in enumerate(self.layers):
+                for projection, sources in layer.packing():
+                    if changed.intersection(f"model.layers.{index}.{s}" for s in sources):
+                        projection.pack(self.packed_rows)
             if changed & {"lm_head.weight", "model.embed_tokens.weight"}:
                 self.head_packed = pack_weight(self.lm_head, self.packed_rows)
         self._synced_once = True

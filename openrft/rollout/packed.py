@@ -17,18 +17,24 @@ class Projection:
       faster than the plain matmul at 33-64 rows with the weights out of cache, as in a
       decode step, because oneDNN otherwise reorders the weight on every call."""
 
-    def __init__(self, weight_t: torch.Tensor):
-        self.weight_t = weight_t
+    def __init__(self, weight_t: torch.Tensor | None):
+        self.weight_t = weight_t  # None: the packed form is the only copy (bf16, oneDNN)
         self.packed: torch.Tensor | None = None
         self.packed_rows = 0  # MKL: the row count the packed form serves
 
     def pack(self, rows: int, weight_O_I: torch.Tensor | None = None) -> None:
         """Pack `weight_t`, or `weight_O_I` where the caller holds the same values already
         laid out (out, in): packing from the transposed buffer copies it once more."""
-        self.packed = pack_weight(self.weight_t.T if weight_O_I is None else weight_O_I, rows)
+        if weight_O_I is None:
+            if self.weight_t is None:
+                raise ValueError("a projection without a plain weight packs only a given one")
+            weight_O_I = self.weight_t.T
+        self.packed = pack_weight(weight_O_I, rows)
         self.packed_rows = rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_t is None:  # packed for any row count (oneDNN, bf16)
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         result = packed_matmul(x, self.packed, self.weight_t.T, self.packed_rows)
         return x @ self.weight_t if result is None else result
 

@@ -141,10 +141,13 @@ def test_packed_weights_give_the_same_logits(llama, dtype, tolerance):
         assert decoder.layers[0].qkv.packed is not None and decoder.head_packed is not None
         assert _step_by_step(decoder, model) < tolerance
         # The packed product is the plain product, at the packed row count and another.
-        projection = decoder.layers[1].gate_up
+        projection = decoder.layers[1].down
+        weight = model.model.layers[1].mlp.down_proj.weight.to(dtype)
         for rows in (6, 5):
-            x = torch.randn(rows, 1, model.config.hidden_size, dtype=dtype)
-            torch.testing.assert_close(projection(x), x @ projection.weight_t)
+            x = torch.randn(rows, 1, model.config.intermediate_size, dtype=dtype)
+            torch.testing.assert_close(projection(x), x @ weight.T)
+        # bf16: the packed form is the projections' only copy (nothing plain beside it).
+        assert (projection.weight_t is None) == (dtype == torch.bfloat16)
     finally:
         llama.double()
 
