@@ -77,7 +77,9 @@ def _chunk_log_probs(logits_C_V: torch.Tensor, temperature: float) -> torch.Tens
 
 
 def _entropy(log_probs_C_V: torch.Tensor) -> torch.Tensor:
-    return -(log_probs_C_V.exp() * log_probs_C_V).sum(dim=-1)
+    """-sum p log p per row, the sum as a batched dot product: no (C, V) product is written."""
+    probs_C_1_V = log_probs_C_V.exp()[:, None, :]
+    return -(probs_C_1_V @ log_probs_C_V[:, :, None]).flatten()
 
 
 class _ChunkLogprobs(torch.autograd.Function):
@@ -109,13 +111,18 @@ class _ChunkLogprobs(torch.autograd.Function):
         if log_probs_C_V is None:
             logits_C_V = _chunk_logits(hidden_C_H, weight_V_H, bias_V, ctx.softcap)
             log_probs_C_V = _chunk_log_probs(logits_C_V, ctx.temperature)
-        probs_C_V = log_probs_C_V.exp()
-        grad_C_V = probs_C_V * -grad_logprobs_C[:, None]
-        grad_C_V.scatter_add_(1, targets_C[:, None], grad_logprobs_C[:, None])
+        # With g and e a row's incoming gradients (log-prob and entropy), the tempered
+        # logits' gradient is g onehot - p (g + e (log p + H)), over T: p times a coefficient
+        # made of two numbers per row and log p. Three passes over (C, V) (the coefficient,
+        # exp, the product) instead of one per term.
+        g_C = grad_logprobs_C / ctx.temperature
+        coefficient = -g_C[:, None]
         if ctx.with_entropy and grad_entropy_C is not None:
-            grad_C_V -= grad_entropy_C[:, None] * probs_C_V * (log_probs_C_V + entropy_C[:, None])
-        if ctx.temperature != 1.0:
-            grad_C_V /= ctx.temperature
+            e_C = grad_entropy_C / ctx.temperature
+            shift_C_1 = coefficient - (e_C * entropy_C)[:, None]
+            coefficient = torch.addcmul(shift_C_1, log_probs_C_V, -e_C[:, None])
+        grad_C_V = log_probs_C_V.exp().mul_(coefficient)
+        grad_C_V.scatter_add_(1, targets_C[:, None], g_C[:, None])
         if ctx.softcap is not None:  # d/dz c tanh(z / c) = 1 - tanh(z / c)^2
             grad_C_V *= 1 - (logits_C_V / ctx.softcap) ** 2
         half = weight_V_H.dtype in (torch.bfloat16, torch.float16)
