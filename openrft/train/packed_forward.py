@@ -88,9 +88,9 @@ def pack_rows(rows: list) -> PackedRows:
     members: dict[tuple[int, ...], list[int]] = {}  # prompt -> its rows, in order
     for b, row in enumerate(rows):
         members.setdefault(tuple(row.token_ids[: row.prompt_length]), []).append(b)
-    completions = [
-        row.token_ids[row.prompt_length : -1] for row in rows
-    ]  # the last predicts nothing
+    # Each row's completion tokens that go into the sequence: all but the last, which
+    # predicts nothing.
+    completions = [row.token_ids[row.prompt_length : -1] for row in rows]
     apart = _completions_apart(members, completions)
     ids: list[int] = []
     positions: list[int] = []
