@@ -96,6 +96,17 @@ def test_apart_layout_by_hand(layout):
     assert packed.segment_allowed_U_S_S[0].int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
 
 
+@pytest.mark.parametrize("layout", [True], indirect=True)
+def test_apart_with_only_one_token_completions_has_no_completion_batch(layout):
+    # Their only tokens are predicted by the prompt's last state: nothing attends apart.
+    model = tiny(LlamaConfig, LlamaForCausalLM)
+    rows = [ROWS[1], TrainRow((5, 6, 7, 12), 3, 1.0)]
+    assert pack_rows(rows).completion_slots_Nc.numel() == 0
+    logprobs_B_T, _, _ = sequence_logprobs(model, rows, 4, with_entropy=False)
+    for b, row in enumerate(rows):
+        torch.testing.assert_close(logprobs_B_T[b, :1], plain_logprobs(model, row).double())
+
+
 def test_long_completions_go_apart_and_short_ones_stay():
     def group(prompt_length, completion_length):
         prompt = tuple(range(1, prompt_length + 1))
