@@ -80,7 +80,7 @@ def _merged_weight(module: nn.Module) -> torch.Tensor:
     dtype = base.dtype if half else torch.promote_types(base.dtype, torch.float32)
     weight = base.to(dtype)
     for adapter in adapters:
-        if _plain_linear(module, adapter):
+        if plain_lora_linear(module, adapter):
             weight = torch.addmm(
                 weight,
                 module.lora_B[adapter].weight.detach().to(dtype),
@@ -93,7 +93,7 @@ def _merged_weight(module: nn.Module) -> torch.Tensor:
     return weight
 
 
-def _plain_linear(module: nn.Module, adapter: str) -> bool:
+def plain_lora_linear(module: nn.Module, adapter: str) -> bool:
     """A LoRA adapter whose delta is exactly scale * B.weight @ A.weight (out, in)."""
     return (
         not getattr(module, "fan_in_fan_out", False)

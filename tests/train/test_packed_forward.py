@@ -213,6 +213,31 @@ def test_bf16_base_with_float32_lora_runs_under_autocast(tiny_model_dir, layout)
     assert adapter.grad.abs().sum() > 0
 
 
+def test_lora_adapters_run_as_one_addmm_with_the_plain_values_and_gradients(monkeypatch):
+    model = tiny(LlamaConfig, LlamaForCausalLM)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False
+    )
+    lora = peft.get_peft_model(model, config).get_base_model()
+    calls = []
+    fused = packed_forward._OneAddmmLora.forward
+    monkeypatch.setattr(
+        packed_forward._OneAddmmLora, "forward", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
+    logprobs_B_T, _, mask_B_T = sequence_logprobs(lora, ROWS, 4, with_entropy=False)
+    assert len(calls) == 2 * 7  # every adapted projection of both layers
+    adapter = lora.model.layers[1].mlp.up_proj
+    assert not adapter.lora_variant  # taken out again: plain peft outside the packed forward
+    (logprobs_B_T * mask_B_T).sum().backward()
+    packed_grad = adapter.lora_A["default"].weight.grad.clone()
+    lora.zero_grad()
+    for b, row in enumerate(ROWS):
+        expected = plain_logprobs(lora, row)
+        torch.testing.assert_close(logprobs_B_T[b, : len(expected)], expected.double())
+    sum(plain_logprobs(lora, row).sum() for row in ROWS).backward()
+    torch.testing.assert_close(packed_grad, adapter.lora_A["default"].weight.grad)
+
+
 def test_the_attention_function_refuses_to_run_outside_a_packed_forward():
     model = tiny(LlamaConfig, LlamaForCausalLM)
     query = torch.zeros(1, 4, 3, 8)
