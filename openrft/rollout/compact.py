@@ -215,8 +215,7 @@ class CompactDecoder:
             if name in self._slots:
                 self._slots[name].copy_(weight)
             elif name in self._packed_from:
-                weight_O_I = weight.to(self.dtype).contiguous()
-                self._packed_from[name].pack(self.packed_rows, weight_O_I)
+                self._packed_from[name].pack(self.packed_rows, weight.to(self.dtype))
             elif name in _UNFUSED:
                 setattr(self, _UNFUSED[name], weight.to(self.dtype))
             changed.add(name)

@@ -33,9 +33,8 @@ class Projection:
         self.packed_rows = rows
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_t is None:  # packed for any row count (oneDNN, bf16)
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        result = packed_matmul(x, self.packed, self.weight_t.T, self.packed_rows)
+        weight_O_I = None if self.weight_t is None else self.weight_t.T
+        result = packed_matmul(x, self.packed, weight_O_I, self.packed_rows)
         return x @ self.weight_t if result is None else result
 
     # oneDNN applies an elementwise op to a packed bf16 matmul's output while it is still in
@@ -86,10 +85,11 @@ def pack_weight(weight_O_I: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def packed_matmul(
-    x: torch.Tensor, packed: torch.Tensor | None, weight_O_I: torch.Tensor, rows: int
+    x: torch.Tensor, packed: torch.Tensor | None, weight_O_I: torch.Tensor | None, rows: int
 ) -> torch.Tensor | None:
     """x @ weight.T through the packed form, or None where it does not serve (no packed form,
-    or an MKL form packed for another row count)."""
+    or an MKL form packed for another row count). `weight_O_I` is needed by MKL's (float32)
+    form only; a bf16 oneDNN form serves any row count without it."""
     if packed is None:
         return None
     if x.dtype == torch.bfloat16:
