@@ -257,10 +257,12 @@ def packed_attention_forward(
                 ).flatten(0, 1)
                 for prompt, own in ((segment_k, key), (segment_v, value))
             )
-            key_positions_R_K = torch.cat(
-                [positions_U_S.repeat_interleave(group, dim=0), packed.completion_positions_R_C],
-                dim=1,
-            )
+            key_positions_R_K = None  # only a sliding window needs them
+            if sliding_window is not None:
+                prompt_positions_R_S = positions_U_S.repeat_interleave(group, dim=0)
+                key_positions_R_K = torch.cat(
+                    [prompt_positions_R_S, packed.completion_positions_R_C], dim=1
+                )
             out_R_H_C_D = attend(
                 batch(query, True),
                 keys,
