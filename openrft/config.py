@@ -26,7 +26,10 @@ import tomli_w
 from openrft.errors import ConfigError
 
 Aggregation = Literal["token_mean", "sequence_mean", "constant"]
-Scaling = Literal["group", "batch", "none"]
+Advantage = Literal[
+    "grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_per_turn"
+]
+PolicyLoss = Literal["ppo", "gspo", "cispo", "importance_sampling"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class RolloutConfig:
     batch_size: int = 64  # sequences generated together
     dtype: Literal["model", "bfloat16"] = "model"  # sample from the policy, or a merged bf16 copy
     decoder: Literal["auto", "compact", "transformers"] = "auto"  # auto: compact for Llama/Qwen2
+    probe_tolerance: float = 0.1  # largest mean |log-prob| gap of an in-process copy after a sync
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    advantage_scaling: Scaling = "group"  # divide advantages by the group std, batch std, or not
+    advantage: Advantage = "grpo"  # advantage estimator (docs/algorithms.md)
+    policy_loss: PolicyLoss = "ppo"  # ppo clip, gspo, cispo, importance_sampling
     loss_aggregation: Aggregation = "token_mean"  # DAPO token_mean, GRPO sequence_mean, Dr.GRPO
     clip_low: float = 0.2  # ratio lower clip: 1 - clip_low
     clip_high: float = 0.28  # ratio upper clip: 1 + clip_high (DAPO clip-higher)
@@ -102,6 +107,10 @@ class AlgoConfig:
     entropy_coef: float = 0.0  # entropy bonus weight (entropy is always logged)
     update_epochs: int = 1  # optimisation passes over one batch (old log-probs kept)
     mask_truncated: bool = False  # drop completions that hit max_new_tokens from the loss
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more
+    dynamic_sampling_max_rounds: int = 3  # sampling rounds per step at most (the first included)
+    overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens before the cap
+    overlong_penalty: float = 1.0  # reward taken off a completion that reaches the cap
     # Rollouts from another engine (vLLM) than the trainer: weight each token's policy loss by
     # pi_trainer / pi_sampler (the engine reports its log-probs), bounded as chosen here.
     sampler_correction: Literal["truncate", "mask", "off"] = "truncate"  # TIS, mask, or none
@@ -126,6 +135,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
     seed: int = 0  # seeds data order, sampling and initialisation
     threads: int = 0  # torch CPU threads; 0 = all cores
+    fast_paths: Literal["auto", "off"] = "auto"  # auto: fast paths where they apply; off: plain
+    early_stop_patience: int = 0  # stop after N validations without a new best; 0 = never
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,11 @@ class EvalConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     interval: int = 50  # save every N steps (and at the end); 0 = only at the end
-    keep_last: int = 2  # checkpoints kept; older ones are deleted
+    keep_last: int = 2  # the latest checkpoints kept; older ones are deleted unless best
+    keep_best: int = 0  # also keep the k best by best_metric (a checkpoint at each validation)
+    best_metric: str = "val/reward/mean"  # ranks checkpoints; SFT's default is val/loss
+    best_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for a *loss metric, else max
+    final: Literal["last", "best"] = "last"  # what final/ holds: the last weights or the best
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rollout.top_k": (0, 1_000_000),
     "rollout.max_new_tokens": (1, 1_000_000),
     "rollout.batch_size": (1, 100_000),
+    "rollout.probe_tolerance": (0.0, 100.0),
     "vllm.gpu_memory_utilization": (0.01, 1.0),
     "vllm.max_model_len": (0, 10_000_000),
     "vllm.start_timeout_s": (1, 86_400),
@@ -188,6 +204,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "algo.kl_coef": (0.0, 100.0),
     "algo.entropy_coef": (-10.0, 10.0),
     "algo.update_epochs": (1, 100),
+    "algo.dynamic_sampling_max_rounds": (1, 100),
+    "algo.overlong_buffer": (0, 1_000_000),
+    "algo.overlong_penalty": (0.0, 1000.0),
     "algo.sampler_correction_cap": (1.0, 1_000_000.0),
     "algo.logprob_chunk_tokens": (1, 1_000_000),
     "train.prompts_per_step": (1, 100_000),
@@ -203,6 +222,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "train.min_lr_ratio": (0.0, 1.0),
     "train.max_grad_norm": (0.0, 1e6),
     "train.threads": (0, 1024),
+    "train.early_stop_patience": (0, 1_000_000),
     "eval.interval": (0, 1_000_000),
     "eval.max_prompts": (0, 10_000_000),
     "eval.samples_per_prompt": (1, 1024),
@@ -211,7 +231,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "eval.success_threshold": (-1e6, 1e6),
     "checkpoint.interval": (0, 1_000_000),
     "checkpoint.keep_last": (1, 1000),
+    "checkpoint.keep_best": (0, 1000),
 }
+
+# algo.advantage_scaling, replaced by algo.advantage: old value -> the estimator it was.
+ADVANTAGE_SCALING_ALIASES = {"group": "grpo", "none": "drgrpo"}
 
 # Bedrock RFTHyperParameters names -> (native field, Bedrock's allowed range or None).
 BEDROCK_ALIASES: dict[str, tuple[str, tuple[float, float] | None]] = {
@@ -261,7 +285,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def config_from_dict(raw: dict[str, Any]) -> JobConfig:
     """Build and validate a JobConfig from plain TOML data (Bedrock aliases included)."""
-    raw = _apply_bedrock_aliases(dict(raw))
+    raw = _apply_advantage_scaling(_apply_bedrock_aliases(dict(raw)))
     config = _build(JobConfig, raw, prefix="")
     validate(config)
     return config
@@ -287,6 +311,20 @@ def validate(config: JobConfig) -> None:
         raise ConfigError("vllm.url", f"{config.vllm.url!r} is not an http:// or https:// URL")
     if not config.lora.target_modules:
         raise ConfigError("lora.target_modules", "must name at least one module or 'all-linear'")
+    if config.algo.overlong_buffer > config.rollout.max_new_tokens:
+        raise ConfigError(
+            "algo.overlong_buffer",
+            f"{config.algo.overlong_buffer} tokens is longer than rollout.max_new_tokens = "
+            f"{config.rollout.max_new_tokens}",
+        )
+    if config.checkpoint.final == "best" and config.checkpoint.keep_best < 1:
+        raise ConfigError("checkpoint.final", "'best' needs checkpoint.keep_best >= 1")
+    if config.train.early_stop_patience and not config.eval.interval:
+        raise ConfigError(
+            "train.early_stop_patience", "needs eval.interval > 0 (validations to compare)"
+        )
+    if not config.checkpoint.best_metric:
+        raise ConfigError("checkpoint.best_metric", "must name a metric, e.g. val/reward/mean")
 
 
 def get_field(config: Any, dotted: str) -> Any:
@@ -357,6 +395,35 @@ def _apply_bedrock_aliases(raw: dict[str, Any]) -> dict[str, Any]:
             )
         table[key] = value
     return raw
+
+
+def _apply_advantage_scaling(raw: dict[str, Any]) -> dict[str, Any]:
+    """algo.advantage_scaling (before algo.advantage existed) as the estimator it named."""
+    algo = raw.get("algo")
+    if not isinstance(algo, dict) or "advantage_scaling" not in algo:
+        return raw
+    algo = dict(algo)
+    old = algo.pop("advantage_scaling")
+    if old == "batch":
+        raise ConfigError(
+            "algo.advantage_scaling",
+            "was replaced by algo.advantage; 'batch' (the group-centred reward over the batch "
+            "std of the rewards) has no exact equivalent: the nearest is algo.advantage = "
+            "'reinforce_pp_baseline' (group-centred, then whitened over the batch)",
+        )
+    if old not in ADVANTAGE_SCALING_ALIASES:
+        raise ConfigError(
+            "algo.advantage_scaling", f"{old!r}: this field was replaced by algo.advantage"
+        )
+    estimator = ADVANTAGE_SCALING_ALIASES[old]
+    if algo.get("advantage", estimator) != estimator:
+        raise ConfigError(
+            "algo.advantage_scaling",
+            f"{old!r} means algo.advantage = {estimator!r}, which conflicts with "
+            f"algo.advantage = {algo['advantage']!r}; set only algo.advantage",
+        )
+    algo["advantage"] = estimator
+    return {**raw, "algo": algo}
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

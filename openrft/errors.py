@@ -7,6 +7,8 @@ RFTError
   GraderError      a grader could not be built (bad reference, import error); per-sample
                    failures are `types.GradeError` values, not exceptions
   RolloutError     generation failed
+    WeightSyncError  a sampling copy (vLLM, the compact decoder, a bf16 copy) does not hold
+                     the trainer's weights after a sync
   CheckpointError  a checkpoint is missing, partial or from another config
 """
 
@@ -59,6 +61,10 @@ class GraderError(RFTError):
 
 class RolloutError(RFTError):
     pass
+
+
+class WeightSyncError(RolloutError):
+    """A sampling copy of the weights does not compute the trainer's model after a sync."""
 
 
 class CheckpointError(RFTError):

@@ -7,6 +7,7 @@ because that is the format users upload and graders receive.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
@@ -117,12 +118,107 @@ class Grade:
         return Grade(score=None, error=GradeError(kind, message), latency_s=latency_s)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutGroup:
-    """One prompt with its G completions, their grades and (after the algorithm) advantages."""
+    """One prompt with its G completions and their grades, sampled by one policy version."""
 
     example: Example
     prompt_token_ids: tuple[int, ...]
-    completions: list[Completion]
-    grades: list[Grade]
-    advantages: list[float] = field(default_factory=list)
+    completions: tuple[Completion, ...]
+    grades: tuple[Grade, ...]
+    policy_version: int = 0  # the trainer's update count of the weights that sampled it
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of an episode's tokens after its prompt: sampled by the policy (trained) or
+    added by the environment (a tool result, a user turn: context only, never trained)."""
+
+    token_ids: tuple[int, ...]
+    sampled: bool  # True: the policy sampled these tokens
+    logprobs: tuple[float, ...] | None = None  # the sampler's, per token (sampled segments)
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """One sequence as the policy update sees it: a prompt, then a response of sampled and
+    environment tokens. A single-turn completion is a response of one sampled segment; a
+    multi-turn episode interleaves sampled segments with environment segments. Every
+    per-token field has one entry per response token (`token_ids[prompt_length:]`).
+
+    Rows of one group share their prompt token for token, and the fast training forward
+    computes it once for the group."""
+
+    token_ids: tuple[int, ...]  # the prompt, then the response
+    prompt_length: int  # the leading tokens that are prompt (never trained)
+    loss_mask: tuple[bool, ...]  # per response token: sampled by the policy, so trained
+    advantages: tuple[float, ...]  # per response token; 0 where loss_mask is False
+    # The sampling engine's log-prob of each response token where it reported one (NaN where
+    # not, and on environment tokens); None when it reported none.
+    sampler_logprobs: tuple[float, ...] | None = None
+    policy_version: int = 0  # the trainer's update count of the weights that sampled it
+
+    def __post_init__(self) -> None:
+        length = len(self.token_ids) - self.prompt_length
+        sizes = {len(self.loss_mask), len(self.advantages), length}
+        if self.sampler_logprobs is not None:
+            sizes.add(len(self.sampler_logprobs))
+        if self.prompt_length < 1 or length < 1 or len(sizes) != 1:
+            raise ValueError(
+                f"a TrainRow needs a prompt, a response and one mask/advantage/log-prob entry "
+                f"per response token: prompt {self.prompt_length}, response {length}, per-token "
+                f"fields {len(self.loss_mask)}/{len(self.advantages)}/"
+                f"{'-' if self.sampler_logprobs is None else len(self.sampler_logprobs)}"
+            )
+
+    @property
+    def response(self) -> tuple[int, ...]:
+        return self.token_ids[self.prompt_length :]
+
+    @property
+    def trained_length(self) -> int:
+        """Response tokens up to and including the last trained one: later tokens (an
+        environment's last message) cannot change any trained token's log-prob."""
+        for index in range(len(self.loss_mask) - 1, -1, -1):
+            if self.loss_mask[index]:
+                return index + 1
+        return 0
+
+    @staticmethod
+    def from_segments(
+        prompt_ids: tuple[int, ...],
+        segments: tuple[Segment, ...],
+        segment_advantages: tuple[float, ...],
+        policy_version: int = 0,
+    ) -> TrainRow:
+        """A row from an episode's segments, each sampled segment's tokens getting its own
+        advantage (`segment_advantages` has one entry per segment; environment segments'
+        entries are ignored)."""
+        if len(segment_advantages) != len(segments):
+            raise ValueError(
+                f"{len(segments)} segments but {len(segment_advantages)} segment advantages"
+            )
+        ids, mask, advantages, logprobs = list(prompt_ids), [], [], []
+        reported = False
+        for segment, advantage in zip(segments, segment_advantages, strict=True):
+            count = len(segment.token_ids)
+            ids.extend(segment.token_ids)
+            mask.extend([segment.sampled] * count)
+            advantages.extend([advantage if segment.sampled else 0.0] * count)
+            if segment.sampled and segment.logprobs is not None:
+                if len(segment.logprobs) != count:
+                    raise ValueError(
+                        f"a segment of {count} tokens came with {len(segment.logprobs)} log-probs"
+                    )
+                logprobs.extend(segment.logprobs)
+                reported = True
+            else:
+                logprobs.extend([math.nan] * count)
+        return TrainRow(
+            token_ids=tuple(ids),
+            prompt_length=len(prompt_ids),
+            loss_mask=tuple(mask),
+            advantages=tuple(advantages),
+            sampler_logprobs=tuple(logprobs) if reported else None,
+            policy_version=policy_version,
+        )

@@ -1,38 +1,72 @@
-"""The GRPO algorithm math as pure tensor functions: advantages, losses, KL, log-probs.
+"""The RL algorithm math as pure tensor functions: advantages, policy losses, shaping, KL,
+log-probs.
 
 No I/O, no config objects: the trainer passes tensors and plain numbers in and gets tensors
-back. String-selected variants are resolved through `openrft.algo.registry`.
+back. String-selected variants are resolved through the tables of `openrft.algo.registry`.
 """
 
-from openrft.algo.advantages import group_advantages
-from openrft.algo.logprobs import selective_log_softmax, token_logprobs_and_entropy
+from openrft.algo.advantages import (
+    drgrpo,
+    grpo,
+    grpo_per_turn,
+    reinforce_pp,
+    reinforce_pp_baseline,
+    rloo,
+)
+from openrft.algo.logprobs import logprobs_and_entropy, selective_log_softmax
 from openrft.algo.losses import (
-    aggregate_loss,
-    clipped_policy_loss,
+    cispo,
+    gspo,
+    importance_sampling,
     kl_k1,
     kl_k3,
     masked_mean,
-    sampler_correction_weights,
+    ppo,
+    sampler_weights_mask,
+    sampler_weights_off,
+    sampler_weights_truncate,
 )
 from openrft.algo.registry import (
-    ADVANTAGE_SCALINGS,
+    ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    SAMPLER_CORRECTIONS,
+    AdvantageEstimator,
+    aggregate_loss,
     lookup,
+    sampler_correction_weights,
 )
+from openrft.algo.shaping import flat_groups, overlong_penalty
 
 __all__ = [
-    "ADVANTAGE_SCALINGS",
+    "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
+    "POLICY_LOSSES",
+    "SAMPLER_CORRECTIONS",
+    "AdvantageEstimator",
     "aggregate_loss",
-    "clipped_policy_loss",
-    "group_advantages",
+    "cispo",
+    "drgrpo",
+    "flat_groups",
+    "grpo",
+    "grpo_per_turn",
+    "gspo",
+    "importance_sampling",
     "kl_k1",
     "kl_k3",
+    "logprobs_and_entropy",
     "lookup",
     "masked_mean",
+    "overlong_penalty",
+    "ppo",
+    "reinforce_pp",
+    "reinforce_pp_baseline",
+    "rloo",
     "sampler_correction_weights",
+    "sampler_weights_mask",
+    "sampler_weights_off",
+    "sampler_weights_truncate",
     "selective_log_softmax",
-    "token_logprobs_and_entropy",
 ]

@@ -1,175 +1,44 @@
-"""Evaluation: sample K completions per prompt, grade them, and report mean reward, per-component
-means, pass@k for k = 1..K, tokens generated and grading errors, per prompt and overall.
+"""Evaluation reports: the console summary, the JSON and markdown report, and side-by-side
+comparisons of models on the same prompts (`openrft eval`, `openrft eval --compare`).
 
     result = evaluate(engine, examples, prompt_ids, SamplingParams(n=4), grader)
     write_report(result, "eval.json", "eval.md")
 
-Generation and grading go through `train.rollouts.collect_groups` and the metrics through
-`reward_metrics` / `completion_metrics`, exactly as in training, so an evaluation and a
-training run's validation measure the same thing. A completion succeeds when its score is at
-least `success_threshold`; a completion whose grading failed is a failure for pass@k and is
-counted under its error kind (never turned into a silent 0).
+`evaluate` and `EvalResult` are openrft.train.validation's: a training run's validation and an
+evaluation measure the same thing with the same code.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from openrft.evaluation.dry_run import histogram
-from openrft.evaluation.passk import mean_pass_at_k
-from openrft.rewards import Grader
-from openrft.rollout.engine import RolloutEngine
-from openrft.train.rollouts import collect_groups, completion_metrics, reward_metrics
-from openrft.types import Example, RolloutGroup, SamplingParams
+from openrft.rewards.dry_run import histogram
+from openrft.train.validation import (
+    CompletionResult,
+    EvalResult,
+    PromptResult,
+    component_means,
+    evaluate,
+    json_safe,
+    result_from_groups,
+)
 
-
-@dataclass
-class CompletionResult:
-    text: str
-    tokens: int  # generated tokens
-    finish_reason: str  # "stop" or "length" (hit max_new_tokens)
-    score: float | None  # None when grading failed
-    components: dict[str, float]
-    error: dict[str, str] | None  # {"kind", "message"} when grading failed
-    success: bool  # graded and score >= success_threshold
-
-
-@dataclass
-class PromptResult:
-    example_id: str
-    messages: list[dict[str, str]]
-    reference_answer: Any
-    completions: list[CompletionResult]
-    successes: int
-    mean_score: float | None  # over the completions that were graded; None when none was
-
-
-@dataclass
-class EvalResult:
-    """An evaluation's numbers; `metrics` holds the training loop's metric keys."""
-
-    mean_reward: float | None  # over graded completions; None when every grading failed
-    components: dict[str, float]  # per-component means
-    pass_at_k: dict[int, float]  # unbiased pass@k for k = 1..samples_per_prompt
-    success_threshold: float
-    success_rate: float  # successes / completions (errors count as failures)
-    prompts: int
-    samples_per_prompt: int
-    completions: int
-    tokens_generated: int
-    error_counts: dict[str, int]  # by GradeErrorKind
-    metrics: dict[str, float]  # reward/*, completion/*, pass@k/<k>, as logged by training
-    per_prompt: list[PromptResult]
-    sampling: dict[str, Any]  # the SamplingParams used
-    info: dict[str, Any] = field(default_factory=dict)  # model, adapter, data, grader
-
-    @property
-    def errors(self) -> int:
-        return sum(self.error_counts.values())
-
-    def log_metrics(self, prefix: str = "val") -> dict[str, float]:
-        """Metrics under a prefix, e.g. `val/reward/mean`, `val/completion/length_mean`."""
-        return {f"{prefix}/{key}": value for key, value in self.metrics.items()}
-
-    def summary(self) -> dict[str, Any]:
-        """Everything except the per-prompt results (JSON-ready)."""
-        data = self.to_dict()
-        data.pop("per_prompt")
-        return data
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: NaN becomes None, pass@k keys become strings."""
-        return json_safe(asdict(self))
-
-
-def evaluate(
-    engine: RolloutEngine,
-    examples: Sequence[Example],
-    prompt_ids: Sequence[Sequence[int]],
-    params: SamplingParams,
-    grader: Grader,
-    success_threshold: float = 1.0,
-) -> EvalResult:
-    """Sample `params.n` completions per prompt, grade them, and summarise."""
-    if not examples:
-        raise ValueError("evaluate needs at least one prompt")
-    groups, _ = collect_groups(engine, examples, prompt_ids, params, grader)
-    return result_from_groups(groups, params, success_threshold)
-
-
-def result_from_groups(
-    groups: list[RolloutGroup], params: SamplingParams, success_threshold: float = 1.0
-) -> EvalResult:
-    """The EvalResult of graded rollout groups (each with `params.n` completions)."""
-    per_prompt = [_prompt_result(group, success_threshold) for group in groups]
-    successes = [p.successes for p in per_prompt]
-    pass_k = mean_pass_at_k(successes, params.n, list(range(1, params.n + 1)))
-    rewards = reward_metrics(groups)
-    metrics = {**rewards, **completion_metrics(groups)}
-    metrics.update({f"pass@k/{k}": v for k, v in pass_k.items()})
-    completions = sum(len(p.completions) for p in per_prompt)
-    return EvalResult(
-        mean_reward=_finite_or_none(rewards["reward/mean"]),
-        components=component_means(rewards),
-        pass_at_k=pass_k,
-        success_threshold=success_threshold,
-        success_rate=sum(successes) / completions,
-        prompts=len(per_prompt),
-        samples_per_prompt=params.n,
-        completions=completions,
-        tokens_generated=sum(c.tokens for p in per_prompt for c in p.completions),
-        error_counts={
-            key.rpartition("/")[2]: int(value)
-            for key, value in rewards.items()
-            if key.startswith("reward/errors/")
-        },
-        metrics=metrics,
-        per_prompt=per_prompt,
-        sampling=asdict(params),
-    )
-
-
-def component_means(rewards: dict[str, float], prefix: str = "reward") -> dict[str, float]:
-    """`{name: mean}` from reward_metrics' `<prefix>/<name>/mean` keys."""
-    head, tail = f"{prefix}/", "/mean"
-    return {
-        key[len(head) : -len(tail)]: value
-        for key, value in rewards.items()
-        if key.startswith(head) and key.endswith(tail) and key != f"{prefix}/mean"
-    }
-
-
-def _prompt_result(group: RolloutGroup, threshold: float) -> PromptResult:
-    completions = []
-    for completion, grade in zip(group.completions, group.grades, strict=True):
-        ok = grade.error is None and grade.score is not None
-        completions.append(
-            CompletionResult(
-                text=completion.text,
-                tokens=len(completion.token_ids),
-                finish_reason=completion.finish_reason,
-                score=grade.score if ok else None,
-                components=dict(grade.components),
-                error=None
-                if grade.error is None
-                else {"kind": grade.error.kind, "message": grade.error.message},
-                success=ok and grade.score >= threshold,
-            )
-        )
-    scores = [c.score for c in completions if c.score is not None]
-    return PromptResult(
-        example_id=group.example.id,
-        messages=[dict(m) for m in group.example.messages],
-        reference_answer=group.example.reference_answer,
-        completions=completions,
-        successes=sum(c.success for c in completions),
-        mean_score=sum(scores) / len(scores) if scores else None,
-    )
+__all__ = [
+    "CompletionResult",
+    "EvalResult",
+    "PromptResult",
+    "compare",
+    "component_means",
+    "evaluate",
+    "format_summary",
+    "json_safe",
+    "result_from_groups",
+    "write_comparison",
+    "write_report",
+]
 
 
 def format_summary(result: EvalResult) -> str:
@@ -275,21 +144,6 @@ def _cell(text: str, limit: int) -> str:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and inf become None: JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""A run's report: PNG plots of the metrics that matter and `report.md` that embeds them."""
+"""A run's report: PNG plots of the metrics that matter and `report.md` that embeds them,
+for RL runs (`RL_PLOTS`) and SFT runs (`SFT_PLOTS`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from openrft.metrics.writer import read_jsonl  # noqa: E402
 
-PLOTS = [
+# (file name, title, metrics drawn, metric drawn as a +- band around the first)
+Plot = tuple[str, str, list[str], str | None]
+RL_PLOTS: tuple[Plot, ...] = (
     ("reward.png", "Train reward", ["reward/mean"], "reward/std"),
     ("val_reward.png", "Validation reward", ["val/reward/mean"], None),
     (
@@ -23,13 +26,26 @@ PLOTS = [
         None,
     ),
     ("entropy.png", "Policy entropy (nats/token)", ["policy/entropy"], None),
-]
+)
+SFT_PLOTS: tuple[Plot, ...] = (
+    ("loss.png", "Training loss (assistant tokens, nats/token)", ["loss/total"], None),
+    ("val_loss.png", "Validation loss (assistant tokens, nats/token)", ["val/loss"], None),
+)
 
 
-def write_report(run_dir: Path, summary: dict[str, Any]) -> Path:
+def write_report(
+    run_dir: Path,
+    summary: dict[str, Any],
+    plots: tuple[Plot, ...] = RL_PLOTS,
+    label: str = "validation reward",
+    checkpoints: list[dict[str, Any]] | None = None,
+    notes: dict[str, Any] | None = None,
+) -> Path:
+    """report.md: the summary table, the plots, the checkpoints kept with their metric, and
+    the last step's record."""
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     images = []
-    for filename, title, keys, band in PLOTS:
+    for filename, title, keys, band in plots:
         if _plot(metrics, keys, band, title, run_dir / filename):
             images.append((title, filename))
     lines = [
@@ -37,15 +53,26 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> Path:
         "",
         "| | |",
         "|---|---|",
-        f"| validation reward before | {_fmt(summary.get('val_before'))} |",
-        f"| validation reward after | {_fmt(summary.get('val_after'))} |",
+        f"| {label} before | {_fmt(summary.get('val_before'))} |",
+        f"| {label} after | {_fmt(summary.get('val_after'))} |",
         f"| steps | {summary.get('steps')} |",
         f"| wall time | {_fmt(summary.get('wall_s'))} s |",
-        "",
     ]
+    if summary.get("stop_reason"):
+        lines.append(f"| stopped early | {summary['stop_reason']} |")
+    lines += [f"| {key.replace('_', ' ')} | {value} |" for key, value in (notes or {}).items()]
+    lines.append("")
     for title, filename in images:
         lines += [f"## {title}", "", f"![{title}]({filename})", ""]
-    last = next((m for m in reversed(metrics) if "reward/mean" in m), None)
+    if checkpoints:
+        lines += ["## Checkpoints kept", "", "| step | metric | best |", "|---|---|---|"]
+        lines += [
+            f"| {c['step']} | {_fmt(c['metric'])} | {'yes' if c['best'] else ''} |"
+            for c in checkpoints
+        ]
+        lines.append("")
+    first_key = plots[0][2][0] if plots else ""
+    last = next((m for m in reversed(metrics) if first_key in m), None)
     if last:
         lines += ["## Last step", "", "```json", json.dumps(last, indent=1), "```", ""]
     path = run_dir / "report.md"
@@ -90,4 +117,6 @@ def _plot(metrics: list[dict], keys: list[str], band: str | None, title: str, ou
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)

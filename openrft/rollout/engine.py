@@ -17,15 +17,19 @@ from openrft.types import Completion, FinishReason, SamplingParams
 
 
 class RolloutEngine(Protocol):
+    policy_version: int  # the trainer's update count of the weights it samples from now
+    description: str  # how it samples, for the job's log ("compact decoder, bf16", "vLLM at ...")
+
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[list[Completion]]:
         """`params.n` completions for each prompt (token ids of the rendered chat prompt)."""
         ...
 
-    def sync_weights(self, policy: nn.Module) -> dict[str, float]:
-        """Make the engine sample from `policy`'s current weights (no-op when it shares them);
-        returns metrics of the sync for the step's record (none for in-process engines)."""
+    def sync_weights(self, policy: nn.Module, version: int) -> dict[str, float]:
+        """Make the engine sample from `policy`'s current weights, the trainer's `version`-th
+        update (nothing to copy when it shares them); a copy is checked with the weight-sync
+        probe (openrft.rollout.probe). Returns metrics of the sync for the step's record."""
         ...
 
     def close(self) -> None:
@@ -35,10 +39,11 @@ class RolloutEngine(Protocol):
 
 class Decoder(Protocol):
     """How an in-process engine computes tokens, one chunk of prompts at a time:
-    CompactDecoder (openrft.rollout.compact) or TransformersDecoder (openrft.rollout.hf_engine).
+    CompactDecoder (openrft.fast.compact) or TransformersDecoder (openrft.rollout.hf_engine).
     Rows are samples: prompt p's `repeats` samples are rows p * repeats ... (p + 1) * repeats."""
 
     device: torch.device  # where its weights and caches live
+    holds_copy: bool  # samples from a copy of the weights (which sync() refreshes)
 
     def sync(self, policy: nn.Module) -> None:
         """Sample from `policy`'s current weights from now on."""

@@ -3,6 +3,11 @@
 A hand-written decode loop rather than `model.generate`, for three reasons: each prompt is
 prefilled once and its KV cache shared by its G samples; finished sequences leave the batch
 (their cache rows are dropped); and finish reasons, stop strings and the sampling RNG are ours.
+
+Tokens come from a decoder: the compact decoder (openrft.fast.compact: its own fused copy of
+the weights) where the model allows and fast paths are on, else the model's own forward
+(`TransformersDecoder`: on the policy itself, the plain path, or on a merged low-precision
+copy). A decoder that holds a copy is checked after every sync with the weight-sync probe.
 """
 
 from __future__ import annotations
@@ -15,23 +20,30 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from openrft.rollout.compact import CompactDecoder, unsupported_reason
+from openrft.errors import WeightSyncError
+from openrft.fast import compact, kv_cache, shadow
+from openrft.fast.compact import CompactDecoder
+from openrft.fast.shadow import ShadowModel
 from openrft.rollout.engine import Decoder, completion_from_tokens
-from openrft.rollout.kv_cache import decoding_cache
+from openrft.rollout.probe import TrainerLogprobs, WeightSyncProbe
 from openrft.rollout.sampling import sample_next_tokens
-from openrft.rollout.shadow import ShadowModel
 from openrft.types import Completion, FinishReason, SamplingParams
 
 DecoderChoice = Literal["auto", "compact", "transformers"]
+PROBE_TOKENS = 32  # probe tokens: the first half prefilled, the rest fed one decode step each
 
 
 class HFEngine:
     """Samples from a live transformers model, re-synced by `sync_weights` after each update.
 
-    `decoder` picks how tokens are computed: "compact" (openrft.rollout.compact: fused weights
+    `decoder` picks how tokens are computed: "compact" (openrft.fast.compact: fused weights
     with LoRA merged, in `sample_dtype` or the model's dtype; Llama and Qwen2 models),
     "transformers" (the model's own forward: the trainer's model itself, or with `sample_dtype`
-    a merged copy in that dtype, openrft.rollout.shadow), or "auto": compact where supported.
+    a merged copy in that dtype, openrft.fast.shadow), or "auto": compact where supported.
+    `fast_paths=False` uses the plain path only: the model's own forward on the policy itself,
+    with transformers' own KV cache. With `probe_ids`, a decoder holding a copy is probed
+    after every sync against `trainer_logprobs` (the trainer's own scoring), and an "auto"
+    compact decoder that fails its first probe is replaced by the transformers decoder.
     """
 
     def __init__(
@@ -41,23 +53,110 @@ class HFEngine:
         batch_size: int = 64,
         sample_dtype: torch.dtype | None = None,
         decoder: DecoderChoice = "auto",
+        fast_paths: bool = True,
+        probe_ids: Sequence[int] = (),
+        trainer_logprobs: TrainerLogprobs | None = None,
+        probe_tolerance: float = 0.1,
     ):
         self.tokenizer = tokenizer
         self.batch_size = batch_size  # sequences decoded together
         self.end_token_ids = end_of_turn_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        reason = unsupported_reason(model) if decoder != "transformers" else "not asked for"
-        if decoder == "compact" and reason is not None:
-            raise ValueError(f"rollout.decoder = 'compact': {reason}")
-        if reason is None:
-            dtype = sample_dtype or next(model.parameters()).dtype
-            self.decoder: Decoder = CompactDecoder(model, dtype, packed_rows=batch_size)
-        else:
-            self.decoder = TransformersDecoder(model, sample_dtype)
+        self.policy_version = 0
+        self.probe_ids = list(probe_ids)[:PROBE_TOKENS] if trainer_logprobs else []
+        self.trainer_logprobs = trainer_logprobs
+        self.probe_tolerance = probe_tolerance
+        self.decoder, self.description = self._choose_decoder(
+            model, sample_dtype, decoder, fast_paths
+        )
+        self.probe: WeightSyncProbe | None = None
+        if len(self.probe_ids) >= 2 and self.decoder.holds_copy:
+            try:
+                self._check_probe(model, version=0)
+            except WeightSyncError as error:
+                if decoder != "auto" or not isinstance(self.decoder, CompactDecoder):
+                    raise
+                self.decoder = self._transformers_decoder(model, sample_dtype, fast_paths)
+                self.description = f"transformers decoder (the compact decoder failed: {error})"
+                self.probe = None
+                if self.decoder.holds_copy:
+                    self._check_probe(model, version=0)
 
-    def sync_weights(self, policy: nn.Module) -> dict[str, float]:
+    def _choose_decoder(
+        self,
+        model: nn.Module,
+        sample_dtype: torch.dtype | None,
+        choice: DecoderChoice,
+        fast_paths: bool,
+    ) -> tuple[Decoder, str]:
+        if not fast_paths:
+            if choice == "compact":
+                raise ValueError("rollout.decoder = 'compact' is a fast path: fast paths are off")
+            note = " (rollout.dtype needs a merged copy, a fast path)" if sample_dtype else ""
+            return self._transformers_decoder(model, None, False), f"plain decoder{note}"
+        reason = compact.unsupported_reason(model) if choice != "transformers" else None
+        if choice == "compact" and reason is not None:
+            raise ValueError(f"rollout.decoder = 'compact': {reason}")
+        if choice != "transformers" and reason is None:
+            dtype = sample_dtype or next(model.parameters()).dtype
+            decoder = CompactDecoder(model, dtype, packed_rows=self.batch_size)
+            name = str(dtype).removeprefix("torch.")
+            packed = ", packed weights" if decoder.packed_rows else ""
+            return decoder, f"compact decoder ({name}{packed})"
+        transformers_decoder = self._transformers_decoder(model, sample_dtype, True)
+        why = f" (compact decoder: {reason})" if reason else ""
+        return transformers_decoder, transformers_decoder.describe() + why
+
+    @staticmethod
+    def _transformers_decoder(
+        model: nn.Module, sample_dtype: torch.dtype | None, fast_paths: bool
+    ) -> TransformersDecoder:
+        in_place = fast_paths and kv_cache.unsupported_reason() is None
+        copy_dtype = sample_dtype if fast_paths and shadow.unsupported_reason() is None else None
+        return TransformersDecoder(model, copy_dtype, in_place_cache=in_place)
+
+    def sync_weights(self, policy: nn.Module, version: int) -> dict[str, float]:
         self.decoder.sync(policy)
-        return {}
+        self.policy_version = version
+        if self.probe is None:
+            return {}
+        return self._check_probe(policy, version)
+
+    def _check_probe(self, policy: nn.Module, version: int) -> dict[str, float]:
+        if self.probe is None:
+            sampler = self.description.split(" (")[0]
+            self.probe = WeightSyncProbe(
+                f"the {sampler}", self.probe_tolerance, 0.0, "rollout.probe_tolerance"
+            )
+        assert self.trainer_logprobs is not None  # a probe exists only with it
+        scored = self.trainer_logprobs(policy, self.probe_ids)
+        trainer = scored[len(self.probe_ids) // 2 - 1 :]
+        return self.probe.check(trainer, self.sampler_logprobs(self.probe_ids), version)
+
+    @torch.no_grad()
+    def sampler_logprobs(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """The decoder's log-prob of each token from the middle of `token_ids` on, the first
+        half prefilled and the rest fed one decode step at a time (both paths sampling uses),
+        float64 on the CPU."""
+        split = len(token_ids) // 2
+        device = self.decoder.device
+        prefix_1_L = torch.tensor([list(token_ids[:split])], device=device)
+        with self.decoder.inference():
+            logits_1_V = self.decoder.prefill(
+                prefix_1_L,
+                torch.ones_like(prefix_1_L),
+                torch.arange(split, device=device)[None],
+                repeats=1,
+                room=len(token_ids) - split,
+            )
+            picked = []
+            for position in range(split, len(token_ids)):
+                log_probs_V = logits_1_V[0].double().log_softmax(-1)
+                picked.append(log_probs_V[token_ids[position]])
+                if position + 1 < len(token_ids):
+                    token_1 = torch.tensor([token_ids[position]], device=device)
+                    logits_1_V = self.decoder.step(token_1, torch.tensor([position], device=device))
+        return torch.stack(picked).cpu()
 
     def close(self) -> None:
         """Nothing to release: the engine lives in this process."""
@@ -133,15 +232,34 @@ class HFEngine:
 class TransformersDecoder:
     """Decoding through a transformers model's own forward pass: any architecture (the
     Decoder protocol of openrft.rollout.engine). It samples from the trainer's model itself
-    (weights shared) or, with `sample_dtype`, from a merged copy in that dtype
-    (openrft.rollout.shadow) that sync() refreshes."""
+    (weights shared: the plain path) or, with `sample_dtype`, from a merged copy in that dtype
+    (openrft.fast.shadow) that sync() refreshes. `in_place_cache` writes each token into
+    spare room of the KV cache (openrft.fast.kv_cache) instead of transformers' concatenating
+    DynamicCache."""
 
-    def __init__(self, model: nn.Module, sample_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        sample_dtype: torch.dtype | None = None,
+        in_place_cache: bool = True,
+    ):
         self.shadow = None
+        self.in_place_cache = in_place_cache
         lora = hasattr(model, "peft_config")  # a merged copy also drops the LoRA side branches
         if sample_dtype is not None and (lora or sample_dtype != next(model.parameters()).dtype):
             self.shadow = ShadowModel(model, sample_dtype)
         self.model = self.shadow.model if self.shadow is not None else model
+
+    @property
+    def holds_copy(self) -> bool:
+        return self.shadow is not None
+
+    def describe(self) -> str:
+        copy = (
+            f", merged {str(self.shadow.dtype).removeprefix('torch.')} copy" if self.shadow else ""
+        )
+        cache = ", in-place KV cache" if self.in_place_cache else ""
+        return f"transformers decoder{copy}{cache}"
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +293,7 @@ class TransformersDecoder:
             input_ids=input_ids_P_L,
             attention_mask=attention_P_L,
             position_ids=positions_P_L,
-            past_key_values=decoding_cache(),  # written in place, not re-concatenated per token
+            past_key_values=kv_cache.decoding_cache(self.in_place_cache),
             use_cache=True,
             logits_to_keep=1,
         )

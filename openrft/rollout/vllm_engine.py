@@ -23,19 +23,16 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from openrft.errors import RolloutError
-from openrft.metrics import names
+from openrft.errors import RolloutError, WeightSyncError
 from openrft.rollout.engine import completion_from_tokens
+from openrft.rollout.probe import TrainerLogprobs, WeightSyncProbe
 from openrft.rollout.vllm_server import VLLMServer, log_tail
 from openrft.types import Completion, SamplingParams
 
 MAX_PROBE_TOKENS = 256
-# The trainer's probe log-probs moved by more than this, vLLM's by less than STILL: stale.
-MOVED, STILL = 1e-5, 1e-7
-
-
-class WeightSyncError(RolloutError):
-    """vLLM does not sample from the trainer's weights after a sync."""
+# vLLM's probe log-probs changed by less than this: not moved (batching makes them wobble).
+STILL = 1e-7
+__all__ = ["VLLMEngine", "WeightSyncError", "sampled_logprobs"]
 
 
 class VLLMEngine:
@@ -49,6 +46,7 @@ class VLLMEngine:
         end_token_ids: frozenset[int],
         sync_dir: Path,
         probe_ids: Sequence[int],
+        trainer_logprobs: TrainerLogprobs,
         probe_tolerance: float = 0.1,
         request_timeout_s: float = 3600.0,
     ):
@@ -61,11 +59,13 @@ class VLLMEngine:
         self.probe_ids = list(probe_ids)[:MAX_PROBE_TOKENS]
         if len(self.probe_ids) < 2:
             raise RolloutError("the weight-sync probe needs at least 2 tokens")
-        self.probe_tolerance = probe_tolerance
+        self.trainer_logprobs = trainer_logprobs
+        self.probe = WeightSyncProbe("vLLM", probe_tolerance, STILL, "vllm.probe_tolerance")
         self.client = httpx.Client(base_url=server.url, timeout=request_timeout_s)
         self.version = 0  # syncs done; names the weight directories and LoRA adapters
         self.session = uuid.uuid4().hex[:8]  # adapter names stay unique on a shared server
-        self.last_probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (trainer, vLLM)
+        self.policy_version = 0  # the trainer's update count of the weights vLLM serves
+        self.description = f"vLLM at {server.url}"
 
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
@@ -102,7 +102,7 @@ class VLLMEngine:
             )
         return groups
 
-    def sync_weights(self, policy: nn.Module) -> dict[str, float]:
+    def sync_weights(self, policy: nn.Module, version: int) -> dict[str, float]:
         """Push `policy`'s weights to vLLM and check with the probe that they arrived."""
         self.version += 1
         target = self.sync_dir / f"weights-{self.version}"
@@ -121,33 +121,13 @@ class VLLMEngine:
             self._post("/collective_rpc", rpc)
             self._post("/reset_prefix_cache", {})  # cached KV blocks hold the old weights
         shutil.rmtree(self.sync_dir / f"weights-{self.version - 1}", ignore_errors=True)
+        self.policy_version = version
         return self.check_probe(policy)
 
     def check_probe(self, policy: nn.Module) -> dict[str, float]:
-        """Compare vLLM's log-probs of the probe with the trainer's; raise WeightSyncError
-        when they differ by more than the tolerance, or when only the trainer's moved."""
-        trainer = trainer_logprobs(policy, self.probe_ids)
-        engine = self.engine_logprobs()
-        gap = (engine - trainer).abs().mean().item()
-        shift = float("nan")
-        if self.last_probe is not None:
-            trainer_shift = (trainer - self.last_probe[0]).abs().mean().item()
-            shift = (engine - self.last_probe[1]).abs().mean().item()
-            if trainer_shift > MOVED and shift < STILL:
-                raise WeightSyncError(
-                    f"sync {self.version}: the trainer's log-probs of the probe moved by "
-                    f"{trainer_shift:.3g} nats per token but vLLM's did not change: vLLM is "
-                    f"still sampling from the previous weights"
-                )
-        if gap > self.probe_tolerance:
-            raise WeightSyncError(
-                f"sync {self.version}: vLLM's log-probs of the probe differ from the "
-                f"trainer's by {gap:.3g} nats per token (vllm.probe_tolerance = "
-                f"{self.probe_tolerance}): vLLM does not compute the trainer's model (stale "
-                f"or partly applied weights, or another dtype: see vllm.dtype)"
-            )
-        self.last_probe = (trainer, engine)
-        return {names.PROBE_GAP: gap, names.PROBE_SHIFT: shift}
+        """Compare vLLM's log-probs of the probe with the trainer's (WeightSyncProbe)."""
+        trainer = self.trainer_logprobs(policy, self.probe_ids)
+        return self.probe.check(trainer, self.engine_logprobs(), self.version)
 
     def engine_logprobs(self) -> torch.Tensor:
         """vLLM's log-prob of each probe token after the first, given the tokens before it."""
@@ -199,18 +179,3 @@ def sampled_logprobs(choice: dict, tokens: int) -> list[float]:
             f"(choice {choice.get('index')}); is the server older than the pinned vLLM?"
         )
     return [max(float(x), -1e4) for x in logprobs]  # -inf (a token of probability 0) capped
-
-
-@torch.no_grad()
-def trainer_logprobs(policy: nn.Module, token_ids: Sequence[int]) -> torch.Tensor:
-    """The policy's log-prob of each token after the first (eval mode: no dropout)."""
-    was_training = policy.training
-    policy.eval()
-    try:
-        device = next(policy.parameters()).device
-        ids = torch.tensor([list(token_ids)], device=device)
-        logits = policy(input_ids=ids).logits[0, :-1].double()
-        picked = logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
-    finally:
-        policy.train(was_training)
-    return picked.cpu()

@@ -1,18 +1,23 @@
 """Atomic checkpoints: `checkpoints/step-N/` with the adapter or weights, optimizer and
-scheduler state, RNG states, the training position and the resolved config.
+scheduler state, RNG states, the training position (with the best-metric bookkeeping), the
+validation metric at that step, and the resolved config.
 
 A checkpoint is written to a temporary folder and renamed into place, so a killed process
-never leaves a half-written `step-N`. Only the last `keep_last` are kept.
+never leaves a half-written `step-N`. `prune_checkpoints` keeps the last `keep_last` and the
+`keep_best` best by the run's metric.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +32,18 @@ from openrft.train.policy import Policy
 class TrainPosition:
     step: int  # RL steps completed
     prompts_seen: int  # position in the stream of shuffled training rows
-    val_before: float | None  # validation reward at step 0
+    val_before: float | None  # validation metric at step 0
     wall_s: float  # training wall time spent before this checkpoint
+    best_value: float | None = None  # the best validation metric so far
+    best_step: int = 0  # the step that reached it
+    validations_since_best: int = 0  # validations since then (for early stopping)
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    step: int
+    path: Path
+    metric: float | None  # the run's validation metric at this step; None: not validated
 
 
 def save_checkpoint(
@@ -38,7 +53,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: JobConfig,
-    keep_last: int,
+    metric: float | None = None,
 ) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -54,12 +69,11 @@ def save_checkpoint(
         "numpy": np.random.get_state(),
     }
     torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(position), indent=2))
+    state = {**asdict(position), "metric": metric}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
     dump_config(config, tmp / "config.toml")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -74,14 +88,53 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def checkpoint_records(run_dir: Path) -> list[CheckpointRecord]:
+    """Every complete checkpoint with the metric it was saved with, oldest first."""
+    records = []
+    for path in list_checkpoints(run_dir):
+        state = _read_state(path)
+        metric = state.get("metric")
+        records.append(CheckpointRecord(int(path.name[5:]), path, metric))
+    return records
+
+
+def best_checkpoints(
+    records: list[CheckpointRecord], keep_best: int, maximize: bool
+) -> list[CheckpointRecord]:
+    """The `keep_best` best records by metric (ties: the earlier step), best first."""
+    ranked = [r for r in records if r.metric is not None and math.isfinite(r.metric)]
+    ranked.sort(key=lambda r: (-r.metric if maximize else r.metric, r.step))
+    return ranked[:keep_best]
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, keep_best: int, maximize: bool) -> None:
+    """Delete every checkpoint that is neither among the last `keep_last` nor the best
+    `keep_best`."""
+    records = checkpoint_records(run_dir)
+    keep = {r.step for r in records[-keep_last:]}
+    keep |= {r.step for r in best_checkpoints(records, keep_best, maximize)}
+    for record in records:
+        if record.step not in keep:
+            shutil.rmtree(record.path, ignore_errors=True)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is incomplete or unreadable: {exc}") from exc
+
+
 def load_checkpoint(
     path: Path,
     policy: Policy,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> TrainPosition:
+    known = {f.name for f in dataclasses.fields(TrainPosition)}
     try:
-        position = TrainPosition(**json.loads((path / "state.json").read_text()))
+        state = _read_state(path)
+        position = TrainPosition(**{k: v for k, v in state.items() if k in known})
         weights_file = "adapter_model.safetensors" if policy.uses_lora else "model.safetensors"
         weights = load_file(path / "model" / weights_file)
     except (OSError, TypeError, ValueError) as exc:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -18,6 +20,8 @@ from openrft.data import (
     split_holdout,
 )
 from openrft.types import Example
+
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -51,16 +55,31 @@ def total_steps(config: JobConfig, train_rows: int) -> int:
     return max(1, math.ceil(config.train.epochs * train_rows / config.train.prompts_per_step))
 
 
-def batch_for_step(step: int, data: JobData, config: JobConfig) -> list[Example]:
-    """The prompts of RL step `step` (1-based): the next slice of an endless stream of epochs,
-    each epoch a fresh seeded permutation of the training rows."""
-    size, count = config.train.prompts_per_step, len(data.train)
-    start = (step - 1) * size
+def rows_at(rows: Sequence[Row], position: int, count: int, config: JobConfig) -> list[Row]:
+    """`count` rows from `position` on in an endless stream of epochs, each epoch a fresh
+    seeded permutation of `rows` (the training prompts, or SFT's conversations)."""
+    orders: dict[int, list[int]] = {}
     batch = []
-    for position in range(start, start + size):
-        epoch, offset = divmod(position, count)
-        batch.append(data.train[epoch_order(epoch, count, config)[offset]])
+    for index in range(position, position + count):
+        epoch, offset = divmod(index, len(rows))
+        if epoch not in orders:
+            orders[epoch] = epoch_order(epoch, len(rows), config)
+        batch.append(rows[orders[epoch][offset]])
     return batch
+
+
+@dataclass(frozen=True)
+class PromptStream:
+    """The training prompts of one step, from `start` on in the stream of epochs."""
+
+    data: JobData
+    config: JobConfig
+    start: int  # prompts taken by earlier steps
+
+    def take(self, offset: int, count: int) -> tuple[list[Example], list[list[int]]]:
+        """`count` prompts from `start + offset` on, with their rendered token ids."""
+        examples = rows_at(self.data.train, self.start + offset, count, self.config)
+        return examples, [self.data.prompt_ids[e.id] for e in examples]
 
 
 def epoch_order(epoch: int, count: int, config: JobConfig) -> list[int]:

@@ -1,5 +1,6 @@
 """The rollout engine a job's config asks for: in-process (`rollout.engine = "hf"`) or a vLLM
-server (`"vllm"`), started here or named by `vllm.url`."""
+server (`"vllm"`), started here or named by `vllm.url`; and the sampling parameters of a
+training step."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from openrft.models.load import resolve_model_dir
 from openrft.rollout.hf_engine import HFEngine, end_of_turn_ids
 from openrft.rollout.vllm_engine import VLLMEngine
 from openrft.rollout.vllm_server import VLLMServer, free_port, serve_arguments, start_server
+from openrft.train.forward import sequence_logprobs
 from openrft.train.policy import Policy
+from openrft.types import SamplingParams
 
 SERVED_NAME = "openrft-base"  # the base model's name on a vLLM server openrft starts
 
@@ -26,7 +29,15 @@ def build_engine(
     if rollout.engine == "hf":
         sample_dtype = torch.bfloat16 if rollout.dtype == "bfloat16" else None
         return HFEngine(
-            policy.model, policy.tokenizer, rollout.batch_size, sample_dtype, rollout.decoder
+            policy.model,
+            policy.tokenizer,
+            rollout.batch_size,
+            sample_dtype,
+            rollout.decoder,
+            fast_paths=config.train.fast_paths == "auto",
+            probe_ids=probe_ids,
+            trainer_logprobs=sequence_logprobs,
+            probe_tolerance=rollout.probe_tolerance,
         )
     vllm = config.vllm
     if vllm.url:
@@ -53,11 +64,12 @@ def build_engine(
         end_of_turn_ids(policy.model, policy.tokenizer),
         sync_dir=run_dir / "vllm-sync",
         probe_ids=probe_ids,
+        trainer_logprobs=sequence_logprobs,
         probe_tolerance=vllm.probe_tolerance,
         request_timeout_s=vllm.request_timeout_s,
     )
     try:
-        engine.sync_weights(policy.model)  # the starting weights, checked by the probe
+        engine.sync_weights(policy.model, version=0)  # the starting weights, probed
     except Exception:
         engine.close()
         raise
@@ -71,3 +83,17 @@ def served_model(url: str) -> str:
         return next(m["id"] for m in models if not m.get("parent"))
     except (httpx.HTTPError, KeyError, StopIteration, ValueError) as exc:
         raise RolloutError(f"vllm.url = {url}: could not list its models: {exc}") from exc
+
+
+def sampling_params(config: JobConfig, seed: int) -> SamplingParams:
+    """How a training step samples (`rollout.*`), seeded."""
+    rollout = config.rollout
+    return SamplingParams(
+        n=rollout.samples_per_prompt,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        max_new_tokens=rollout.max_new_tokens,
+        stop=rollout.stop,
+        seed=seed,
+    )

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from openrft.algo import token_logprobs_and_entropy
 from openrft.config import JobConfig
 from openrft.errors import ModelError
 from openrft.models.load import load_model
@@ -52,27 +51,6 @@ class Policy:
         """The adapter (PEFT format) or the full weights, loadable by transformers/peft."""
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-
-
-def lm_head_logprobs(
-    causal_lm: PreTrainedModel,
-    hidden_N_H: torch.Tensor,
-    targets_N: torch.Tensor,
-    chunk_tokens: int,
-    with_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of `targets_N` under the model's LM head, in chunks, with the
-    model's final-logit soft cap where it has one (Gemma 2)."""
-    head = causal_lm.get_output_embeddings()
-    return token_logprobs_and_entropy(
-        hidden_N_H,
-        head.weight,
-        targets_N,
-        chunk_tokens,
-        head.bias,
-        with_entropy=with_entropy,
-        softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
-    )
 
 
 def build_policy(config: JobConfig) -> Policy:

@@ -1,5 +1,5 @@
-"""Live progress for a training run: a rich progress bar (step, reward, validation, ETA) on a
-terminal, and one plain line per step otherwise (job logs, CI)."""
+"""Live progress for a run: a rich progress bar (step, the run's metrics, its latest
+validation, ETA) on a terminal, and one plain line per step otherwise (job logs, CI)."""
 
 from __future__ import annotations
 
@@ -17,50 +17,75 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
+STEP_SECONDS = "time/step_s"
+
 
 class Progress:
-    def __init__(self, total: int, done: int, val_before: float | None, enabled: bool = True):
-        self.total = total
-        self.enabled = enabled
+    """`fields`: (label, metric) pairs shown per step; the last is the validation metric,
+    which keeps its latest value between validations."""
+
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        val_before: float | None,
+        fields: tuple[tuple[str, str], ...],
+        enabled: bool = True,
+    ):
+        self.total, self.first_step, self.enabled = total, done, enabled
+        self.fields = fields
         self.val = val_before
         self.started = time.monotonic()
-        self.first_step = done
-        self.console = Console(stderr=True)
         self.bar = None
-        if enabled and self.console.is_terminal:
+        console = Console(stderr=True)
+        if enabled and console.is_terminal:
+            text = "  ".join(
+                f"{label} {{task.fields[f{i}]}}" for i, (label, _) in enumerate(fields)
+            )
             self.bar = RichProgress(
                 TextColumn("[bold]step"),
                 MofNCompleteColumn(),
                 BarColumn(),
-                TextColumn("reward {task.fields[reward]}  val {task.fields[val]}"),
+                TextColumn(text),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                console=self.console,
+                console=console,
             )
-            self.task = self.bar.add_task(
-                "train", total=total, completed=done, reward="-", val=_fmt(val_before)
-            )
+            self.task = self.bar.add_task("run", total=total, completed=done, **self._cells({}))
             self.bar.start()
         elif enabled:
+            label = fields[-1][0]
             print(
-                f"openrft: starting at step {done}/{total}, validation reward {_fmt(val_before)}",
+                f"openrft: starting at step {done}/{total}, {label} {_fmt(val_before)}",
                 file=sys.stderr,
                 flush=True,
             )
 
-    def update(self, step: int, record: dict[str, Any]) -> None:
-        if record.get("val/reward/mean") is not None:
-            self.val = record["val/reward/mean"]
-        reward = _fmt(record.get("reward/mean"))
+    def set_validation(self, value: float | None) -> None:
+        self.val = value
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, reward=reward, val=_fmt(self.val))
+            self.bar.update(self.task, **self._cells({}))
+
+    def _cells(self, record: dict[str, Any]) -> dict[str, str]:
+        values = [record.get(key) for _, key in self.fields[:-1]] + [self.val]
+        return {f"f{i}": _fmt(value) for i, value in enumerate(values)}
+
+    def update(self, step: int, record: dict[str, Any]) -> None:
+        if record.get(self.fields[-1][1]) is not None:
+            self.val = record[self.fields[-1][1]]
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, **self._cells(record))
         elif self.enabled:
             done = step - self.first_step
             eta = (time.monotonic() - self.started) / done * (self.total - step) if done else 0.0
+            cells = self._cells(record)
+            shown = "  ".join(
+                f"{label} {cells[f'f{i}']}" for i, (label, _) in enumerate(self.fields)
+            )
             print(
-                f"step {step}/{self.total}  reward {reward}  val {_fmt(self.val)}  "
-                f"{record.get('time/step_s', 0):.1f}s/step  ETA {eta:.0f}s",
+                f"step {step}/{self.total}  {shown}  "
+                f"{record.get(STEP_SECONDS, 0):.1f}s/step  ETA {eta:.0f}s",
                 file=sys.stderr,
                 flush=True,
             )
@@ -70,5 +95,5 @@ class Progress:
             self.bar.stop()
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)

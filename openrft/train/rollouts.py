@@ -1,5 +1,11 @@
-"""From prompts to graded rollout groups: render, generate G completions, grade, compute
-advantages, and summarise the step's rewards and completions as metrics."""
+"""From prompts to graded rollout groups: generate G completions per prompt, grade them, and
+summarise the step's rewards and completions as metrics.
+
+`collect_batch` is one RL step's sampling: a round of `train.prompts_per_step` prompts, and
+with DAPO's dynamic sampling (`algo.dynamic_sampling`) more rounds, in which groups whose
+training rewards are all equal (no GRPO signal) are dropped and more prompts are sampled
+until the step's batch is full or `algo.dynamic_sampling_max_rounds` is reached.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,42 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
-import torch
-
-from openrft.algo import group_advantages
 from openrft.rewards import Grader, grade_safely
 from openrft.rollout.engine import RolloutEngine
-from openrft.types import Example, Grade, RolloutGroup, Sample, SamplingParams
+from openrft.types import Example, RolloutGroup, Sample, SamplingParams
+
+# The share of prompts that keep their group, assumed at least this when sizing the next
+# round of dynamic sampling (a round never asks for more than a full batch anyway).
+MIN_KEEP_RATE = 0.25
+ROUND_SEED_STRIDE = 104_729  # a dynamic-sampling round's seed: the step's + stride x round
 
 
 @dataclass(frozen=True)
 class Timing:
     rollout_s: float
     reward_s: float
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One step's sampling: every group sampled, and which of them the step trains on."""
+
+    sampled: tuple[RolloutGroup, ...]  # every group sampled this step (reward metrics)
+    trained: tuple[int, ...]  # indices into `sampled` of the training groups, in order
+    dropped: int  # groups left out for carrying no signal (dynamic sampling)
+    rounds: int  # sampling rounds
+    prompts_used: int  # prompts taken from the data stream
+    timing: Timing
+    dynamic: bool = False  # sampled with dynamic sampling (more than one round allowed)
+
+    @property
+    def groups(self) -> tuple[RolloutGroup, ...]:
+        """The step's training groups (at most prompts_per_step)."""
+        return tuple(self.sampled[i] for i in self.trained)
 
 
 def collect_groups(
@@ -31,8 +58,10 @@ def collect_groups(
     params: SamplingParams,
     grader: Grader,
 ) -> tuple[list[RolloutGroup], Timing]:
+    """G completions per prompt from `engine`, graded by `grader` (failures typed, counted)."""
     started = time.monotonic()
     completions = engine.generate(prompt_ids, params)
+    version = engine.policy_version
     generated = time.monotonic()
     samples = [
         Sample(
@@ -47,35 +76,66 @@ def collect_groups(
         for k, c in enumerate(group)
     ]
     grades = grade_safely(grader, samples)
-    groups = []
-    for p, (example, group) in enumerate(zip(examples, completions, strict=True)):
+    groups, offset = [], 0
+    for example, ids, group in zip(examples, prompt_ids, completions, strict=True):
         n = len(group)
         groups.append(
-            RolloutGroup(example, tuple(prompt_ids[p]), list(group), grades[p * n : (p + 1) * n])
+            RolloutGroup(
+                example, tuple(ids), tuple(group), tuple(grades[offset : offset + n]), version
+            )
         )
+        offset += n
     return groups, Timing(generated - started, time.monotonic() - generated)
 
 
-def assign_advantages(groups: list[RolloutGroup], scaling: str, error_score: float | None) -> None:
-    """Group-relative advantages; a failed grade without `error_score` gets NaN (left out)."""
-    rewards_P_G = torch.tensor(
-        [[_training_score(g, error_score) for g in group.grades] for group in groups],
-        dtype=torch.float64,
+class PromptSource(Protocol):
+    def take(self, offset: int, count: int) -> tuple[list[Example], list[list[int]]]:
+        """`count` prompts (and their token ids) from `offset` on within this step."""
+        ...
+
+
+def collect_batch(
+    engine: RolloutEngine,
+    grader: Grader,
+    prompts: PromptSource,
+    params: SamplingParams,
+    size: int,
+    max_rounds: int,
+    flat: Callable[[Sequence[RolloutGroup]], list[bool]],
+) -> RolloutBatch:
+    """Sample rounds of groups until `size` of them carry signal, or `max_rounds` (1: no
+    dynamic sampling, every group is kept). Round r samples with `params` reseeded (r = 0
+    with `params` as given); `flat(groups)` says which groups carry no signal."""
+    kept: list[int] = []  # indices into `sampled` of groups with signal
+    sampled: list[RolloutGroup] = []
+    rollout_s = reward_s = 0.0
+    rounds = used = dropped = 0
+    while rounds < max_rounds and len(kept) < size:
+        missing = size - len(kept)
+        rate = max(len(kept) / len(sampled), MIN_KEEP_RATE) if sampled else 1.0
+        count = min(size, math.ceil(missing / rate))
+        examples, prompt_ids = prompts.take(used, count)
+        round_params = replace(params, seed=params.seed + ROUND_SEED_STRIDE * rounds)
+        groups, timing = collect_groups(engine, examples, prompt_ids, round_params, grader)
+        rollout_s, reward_s = rollout_s + timing.rollout_s, reward_s + timing.reward_s
+        no_signal = flat(groups) if max_rounds > 1 else [False] * len(groups)
+        kept += [len(sampled) + i for i, empty in enumerate(no_signal) if not empty]
+        dropped += sum(no_signal)
+        sampled += groups
+        used += count
+        rounds += 1
+    return RolloutBatch(
+        sampled=tuple(sampled),
+        trained=tuple(kept[:size]),
+        dropped=dropped,
+        rounds=rounds,
+        prompts_used=used,
+        timing=Timing(rollout_s, reward_s),
+        dynamic=max_rounds > 1,
     )
-    valid_P_G = ~rewards_P_G.isnan()
-    advantages_P_G = group_advantages(rewards_P_G, scaling, valid_P_G=valid_P_G)
-    advantages_P_G = advantages_P_G.masked_fill(~valid_P_G, math.nan)
-    for group, row in zip(groups, advantages_P_G.tolist(), strict=True):
-        group.advantages = row
 
 
-def _training_score(grade: Grade, error_score: float | None) -> float:
-    if grade.error is None and grade.score is not None:
-        return grade.score
-    return error_score if error_score is not None else math.nan
-
-
-def reward_metrics(groups: list[RolloutGroup], prefix: str = "reward") -> dict[str, float]:
+def reward_metrics(groups: Sequence[RolloutGroup], prefix: str = "reward") -> dict[str, float]:
     """reward/{mean,std,min,max}, per-component means, zero-std group share, error counts."""
     grades = [g for group in groups for g in group.grades]
     scores = [g.score for g in grades if g.error is None and g.score is not None]
@@ -103,7 +163,7 @@ def reward_metrics(groups: list[RolloutGroup], prefix: str = "reward") -> dict[s
     return metrics
 
 
-def completion_metrics(groups: list[RolloutGroup]) -> dict[str, float]:
+def completion_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     completions = [c for group in groups for c in group.completions]
     lengths = [len(c.token_ids) for c in completions]
     return {
@@ -117,16 +177,24 @@ def completion_metrics(groups: list[RolloutGroup]) -> dict[str, float]:
     }
 
 
-def rollout_records(groups: list[RolloutGroup], step: int) -> list[dict]:
-    """One JSON record per prompt for rollouts.jsonl (read by the dashboard's rollout viewer)."""
+def rollout_records(
+    batch: RolloutBatch, step: int, advantages: Sequence[Sequence[float | None]]
+) -> list[dict]:
+    """One JSON record per sampled prompt for rollouts.jsonl (read by the dashboard's rollout
+    viewer). `advantages[t]` holds training group t's per-sample advantages (None: left out
+    of the update); a group sampled but not trained on (dynamic sampling) has "trained": false."""
+    by_index = dict(zip(batch.trained, advantages, strict=True))
     records = []
-    for group in groups:
+    for index, group in enumerate(batch.sampled):
+        values = by_index.get(index, [None] * len(group.grades))
         records.append(
             {
                 "step": step,
                 "example_id": group.example.id,
                 "prompt": [dict(m) for m in group.example.messages],
                 "reference_answer": group.example.reference_answer,
+                "policy_version": group.policy_version,
+                "trained": index in by_index,
                 "completions": [
                     {
                         "text": c.text,
@@ -137,14 +205,9 @@ def rollout_records(groups: list[RolloutGroup], step: int) -> list[dict]:
                         "error": None
                         if g.error is None
                         else {"kind": g.error.kind, "message": g.error.message},
-                        "advantage": None if math.isnan(a) else a,
+                        "advantage": a,
                     }
-                    for c, g, a in zip(
-                        group.completions,
-                        group.grades,
-                        group.advantages or [math.nan] * len(group.grades),
-                        strict=True,
-                    )
+                    for c, g, a in zip(group.completions, group.grades, values, strict=True)
                 ],
             }
         )

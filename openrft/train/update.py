@@ -1,123 +1,125 @@
-"""The policy update of one RL step: log-probs of the sampled completions, the clipped
-policy-gradient loss (plus optional KL and entropy terms), gradient accumulation over
-micro-batches, clipping and the optimizer step. Metrics come back as `UpdateStats`.
+"""The policy update of one RL step: per-token log-probs of the trained tokens, the policy
+loss the config names (PPO-clip, GSPO, CISPO, importance sampling), optional KL and entropy
+terms, the sampler correction, gradient accumulation over micro-batches, clipping and the
+optimizer step. Metrics come back as `UpdateStats`.
+
+Rows (`openrft.types.TrainRow`) carry per-token loss masks and advantages, so a single-turn
+completion and a multi-turn episode go through the same code: only tokens the policy sampled
+count in the loss, the KL, the entropy and the normalisers.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from openrft.algo import (
     KL_ESTIMATORS,
+    POLICY_LOSSES,
     aggregate_loss,
-    clipped_policy_loss,
     lookup,
     sampler_correction_weights,
 )
 from openrft.config import AlgoConfig, TrainConfig
-from openrft.train.packed_forward import pack_rows, packed_hidden_states
-from openrft.train.policy import Policy, lm_head_logprobs
-from openrft.types import RolloutGroup
-
-
-@dataclass(frozen=True)
-class TrainRow:
-    """One completion as the trainer sees it."""
-
-    token_ids: tuple[int, ...]  # prompt followed by completion
-    prompt_length: int
-    advantage: float
-    sampler_logprobs: tuple[float, ...] | None = None  # the rollout engine's, per completion token
+from openrft.train.forward import RowForward, RowLogprobs
+from openrft.train.policy import Policy
+from openrft.types import TrainRow
 
 
 @dataclass(frozen=True)
 class UpdateStats:
     loss: float  # mean aggregated loss over optimizer steps
-    policy_loss: float  # token mean of the clipped policy-gradient term
-    entropy: float  # token mean entropy of the policy on the sampled completions
+    policy_loss: float  # token mean of the policy-gradient term
+    entropy: float  # token mean entropy of the policy on the trained tokens
     kl: float | None  # token mean KL to the reference; None when kl_coef is 0 (not computed)
-    clip_ratio: float  # fraction of tokens whose ratio was clipped
+    clip_ratio: float  # fraction of trained tokens whose term was clipped or truncated
     grad_norm: float  # mean pre-clip gradient norm over optimizer steps
     optimizer_steps: int
     trained_sequences: int  # rows that needed a forward (non-zero advantage or KL/entropy on)
+    trained_tokens: int  # tokens in the loss (sampled by the policy), per pass over the batch
     # Rollout/trainer mismatch, over tokens whose engine reported log-probs (None: no such token)
     sampler_kl: float | None = None  # mean of log pi_sampler - log pi_trainer: KL(sampler||trainer)
     sampler_weight: float | None = None  # mean correction weight applied to the policy term
     sampler_corrected: float | None = None  # share of tokens truncated or masked out
 
 
-def train_rows(groups: list[RolloutGroup], mask_truncated: bool) -> list[TrainRow]:
-    """Completions that enter the loss: graded (or given error_score), optionally not truncated."""
-    rows = []
-    for group in groups:
-        for completion, advantage in zip(group.completions, group.advantages, strict=True):
-            if math.isnan(advantage):  # a failed grade without error_score: left out
-                continue
-            if mask_truncated and completion.finish_reason == "length":
-                continue
-            if not completion.token_ids:
-                continue
-            ids = group.prompt_token_ids + completion.token_ids
-            rows.append(TrainRow(ids, len(group.prompt_token_ids), advantage, completion.logprobs))
-    return rows
+@dataclass
+class _Sums:
+    """Running token sums for the step's metrics."""
+
+    policy: float = 0.0
+    entropy: float = 0.0
+    kl: float = 0.0
+    clipped: float = 0.0
+    tokens: float = 0.0
+    loss: float = 0.0
+    mismatch_kl: float = 0.0
+    mismatch_weight: float = 0.0
+    mismatch_corrected: float = 0.0
+    mismatch_tokens: float = 0.0
 
 
 def update_policy(
     policy: Policy,
-    rows: list[TrainRow],
+    rows: Sequence[TrainRow],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     algo: AlgoConfig,
     train: TrainConfig,
     max_completion_tokens: int,
+    forward: RowForward,
 ) -> UpdateStats:
-    # With no KL or entropy term, a zero-advantage row contributes exactly zero gradient:
-    # it counts in the normaliser but needs no forward pass.
+    """One RL step's optimisation: `algo.update_epochs` passes over `rows`, each split into
+    `train.mini_batches` optimizer steps, each accumulated over micro-batches."""
+    policy_loss_fn = lookup(POLICY_LOSSES, algo.policy_loss, "policy loss")
+    kl_fn = lookup(KL_ESTIMATORS, algo.kl_estimator, "KL estimator")
+    # With no KL or entropy term, a row whose advantages are all 0 contributes exactly zero
+    # gradient: it counts in the normaliser but needs no forward pass.
     needs_forward = algo.kl_coef != 0 or algo.entropy_coef != 0
     chunk = algo.logprob_chunk_tokens
-    kl_fn = lookup(KL_ESTIMATORS, algo.kl_estimator, "KL estimator")
     reuse_old = algo.update_epochs == 1 and train.mini_batches == 1  # ratio is exactly 1
-    old = {} if reuse_old else _logprobs_no_grad(policy.causal_lm(), rows, train, chunk)
+    model = policy.causal_lm()
+    old = {} if reuse_old else _logprobs_no_grad(forward, model, rows, train, chunk)
     reference = {}
     if algo.kl_coef > 0:
         with policy.reference() as reference_model:
-            reference = _logprobs_no_grad(reference_model, rows, train, chunk)
+            reference = _logprobs_no_grad(forward, reference_model, rows, train, chunk)
 
-    sums = {"policy": 0.0, "entropy": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0, "loss": 0.0}
-    mismatch = {"kl": 0.0, "weight": 0.0, "corrected": 0.0, "tokens": 0.0}
-    grad_norms, trained = [], 0
+    sums, grad_norms, trained = _Sums(), [], 0
     params = policy.trainable_parameters()
     for _ in range(algo.update_epochs):
         for mini in _split(list(range(len(rows))), train.mini_batches):
-            total_tokens = sum(len(rows[i].token_ids) - rows[i].prompt_length for i in mini)
-            forward = [i for i in mini if needs_forward or rows[i].advantage != 0]
+            total_tokens = sum(sum(rows[i].loss_mask) for i in mini)
+            forward_rows = [i for i in mini if needs_forward or any(rows[i].advantages)]
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for start in range(0, len(forward), train.micro_batch_size):
-                micro = forward[start : start + train.micro_batch_size]
-                logprobs_B_T, entropy_B_T, mask_B_T = sequence_logprobs(
-                    policy.causal_lm(), [rows[i] for i in micro], chunk, with_entropy=True
+            for start in range(0, len(forward_rows), train.micro_batch_size):
+                micro = forward_rows[start : start + train.micro_batch_size]
+                batch = [rows[i] for i in micro]
+                out = forward(model, batch, chunk, True)
+                mask_B_T = out.mask_B_T
+                old_B_T = _stack(old, micro, mask_B_T) if old else out.logprobs_B_T.detach()
+                advantages_B_T = _per_token([r.advantages for r in batch], mask_B_T)
+                loss_B_T, clipped_B_T = policy_loss_fn(
+                    out.logprobs_B_T,
+                    old_B_T,
+                    advantages_B_T,
+                    mask_B_T,
+                    algo.clip_low,
+                    algo.clip_high,
                 )
-                old_B_T = _stack(old, micro, mask_B_T) if old else logprobs_B_T.detach()
-                advantages_B = torch.tensor([rows[i].advantage for i in micro])
-                loss_B_T, clipped_B_T = clipped_policy_loss(
-                    logprobs_B_T, old_B_T, advantages_B, algo.clip_low, algo.clip_high
-                )
-                sampled = [rows[i].sampler_logprobs for i in micro]
-                if any(s is not None for s in sampled):
-                    weights_B_T = _sampler_weights(old_B_T, sampled, mask_B_T, algo, mismatch)
-                    loss_B_T = loss_B_T * weights_B_T
-                sums["policy"] += float((loss_B_T.detach() * mask_B_T).sum())
+                if any(r.sampler_logprobs is not None for r in batch):
+                    loss_B_T = loss_B_T * _sampler_weights(old_B_T, batch, mask_B_T, algo, sums)
+                sums.policy += float((loss_B_T.detach() * mask_B_T).sum())
                 if algo.kl_coef > 0:
-                    kl_B_T = kl_fn(logprobs_B_T, _stack(reference, micro, mask_B_T))
+                    kl_B_T = kl_fn(out.logprobs_B_T, _stack(reference, micro, mask_B_T))
                     loss_B_T = loss_B_T + algo.kl_coef * kl_B_T
-                    sums["kl"] += float((kl_B_T.detach() * mask_B_T).sum())
+                    sums.kl += float((kl_B_T.detach() * mask_B_T).sum())
                 if algo.entropy_coef != 0:
-                    loss_B_T = loss_B_T - algo.entropy_coef * entropy_B_T
+                    loss_B_T = loss_B_T - algo.entropy_coef * out.entropy_B_T
                 loss = aggregate_loss(
                     loss_B_T,
                     mask_B_T,
@@ -127,119 +129,110 @@ def update_policy(
                     max_completion_tokens=max_completion_tokens,
                 )
                 loss.backward()
-                step_loss += float(loss.detach())
-                sums["entropy"] += float((entropy_B_T.detach() * mask_B_T).sum())
-                sums["clipped"] += float((clipped_B_T * mask_B_T).sum())
-                sums["tokens"] += float(mask_B_T.sum())
+                sums.loss += float(loss.detach())
+                _add_token_sums(sums, out, clipped_B_T)
                 trained += len(micro)
-            if forward:  # a mini-batch without signal leaves the weights (and Adam state) alone
+            if forward_rows:  # a mini-batch without signal leaves the weights and Adam alone
                 limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, limit)))
                 optimizer.step()
             with warnings.catch_warnings():  # the schedule follows RL steps, stepped or not
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 scheduler.step()
-            sums["loss"] += step_loss
+    return _stats(sums, grad_norms, trained, rows, algo, train)
 
-    steps = algo.update_epochs * train.mini_batches
-    tokens = max(sums["tokens"], 1.0)
+
+def _add_token_sums(sums: _Sums, out: RowLogprobs, clipped_B_T: torch.Tensor) -> None:
+    mask_B_T = out.mask_B_T
+    sums.entropy += float((out.entropy_B_T.detach() * mask_B_T).sum())
+    sums.clipped += float((clipped_B_T * mask_B_T).sum())
+    sums.tokens += float(mask_B_T.sum())
+
+
+def _stats(
+    sums: _Sums,
+    grad_norms: list[float],
+    trained: int,
+    rows: Sequence[TrainRow],
+    algo: AlgoConfig,
+    train: TrainConfig,
+) -> UpdateStats:
+    tokens = max(sums.tokens, 1.0)
+    mismatch = {}
+    if sums.mismatch_tokens:
+        mismatch = {
+            "sampler_kl": sums.mismatch_kl / sums.mismatch_tokens,
+            "sampler_weight": sums.mismatch_weight / sums.mismatch_tokens,
+            "sampler_corrected": sums.mismatch_corrected / sums.mismatch_tokens,
+        }
     return UpdateStats(
-        loss=sums["loss"] / steps,
-        policy_loss=sums["policy"] / tokens,
-        entropy=sums["entropy"] / tokens,
-        kl=sums["kl"] / tokens if algo.kl_coef > 0 else None,
-        clip_ratio=sums["clipped"] / tokens,
+        loss=sums.loss / (algo.update_epochs * train.mini_batches),
+        policy_loss=sums.policy / tokens,
+        entropy=sums.entropy / tokens,
+        kl=sums.kl / tokens if algo.kl_coef > 0 else None,
+        clip_ratio=sums.clipped / tokens,
         grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
         optimizer_steps=len(grad_norms),
         trained_sequences=trained // algo.update_epochs,
-        **_mismatch_stats(mismatch),
+        trained_tokens=sum(sum(row.loss_mask) for row in rows),
+        **mismatch,
     )
 
 
 def _sampler_weights(
     old_B_T: torch.Tensor,
-    sampled: list[tuple[float, ...] | None],
+    batch: Sequence[TrainRow],
     mask_B_T: torch.Tensor,
     algo: AlgoConfig,
-    mismatch: dict[str, float],
+    sums: _Sums,
 ) -> torch.Tensor:
-    """Correction weights for rows whose engine reported its log-probs (1 for the others),
-    adding the rows' mismatch to `mismatch` for the step's metrics."""
-    sampler_B_T = old_B_T.detach().clone()  # a row without the engine's log-probs: ratio 1
+    """Correction weights pi_old / pi_sampler for tokens whose engine reported a log-prob (1
+    for the others), adding the mismatch to `sums` for the step's metrics."""
     reported_B_T = torch.zeros_like(mask_B_T, dtype=torch.bool)
-    for b, logprobs in enumerate(sampled):
-        if logprobs is not None:
-            sampler_B_T[b, : len(logprobs)] = torch.tensor(logprobs, dtype=sampler_B_T.dtype)
-            reported_B_T[b, : len(logprobs)] = True
+    sampler_B_T = old_B_T.detach().clone()  # a token without the engine's log-prob: ratio 1
+    for b, row in enumerate(batch):
+        if row.sampler_logprobs is not None:
+            values = torch.tensor(row.sampler_logprobs, dtype=sampler_B_T.dtype)
+            known = ~values.isnan()
+            width = len(values)
+            sampler_B_T[b, :width] = torch.where(known, values, sampler_B_T[b, :width])
+            reported_B_T[b, :width] = known
     reported_B_T &= mask_B_T.bool()
     weights_B_T = sampler_correction_weights(
         old_B_T, sampler_B_T, algo.sampler_correction, algo.sampler_correction_cap
     )
     raw_B_T = torch.exp(old_B_T.detach() - sampler_B_T)  # the ratio before bounding
-    mismatch["kl"] += float((sampler_B_T - old_B_T.detach())[reported_B_T].sum())
-    mismatch["weight"] += float(weights_B_T[reported_B_T].sum())
+    sums.mismatch_kl += float((sampler_B_T - old_B_T.detach())[reported_B_T].sum())
+    sums.mismatch_weight += float(weights_B_T[reported_B_T].sum())
     if algo.sampler_correction != "off":  # tokens truncated (w > cap) or masked (w set to 0)
-        mismatch["corrected"] += float((weights_B_T != raw_B_T)[reported_B_T].sum())
-    mismatch["tokens"] += float(reported_B_T.sum())
+        sums.mismatch_corrected += float((weights_B_T != raw_B_T)[reported_B_T].sum())
+    sums.mismatch_tokens += float(reported_B_T.sum())
     return weights_B_T
 
 
-def _mismatch_stats(mismatch: dict[str, float]) -> dict[str, float | None]:
-    tokens = mismatch["tokens"]
-    if not tokens:
-        return {}
-    return {
-        "sampler_kl": mismatch["kl"] / tokens,
-        "sampler_weight": mismatch["weight"] / tokens,
-        "sampler_corrected": mismatch["corrected"] / tokens,
-    }
-
-
-def sequence_logprobs(
-    causal_lm: torch.nn.Module, rows: list[TrainRow], chunk_tokens: int, with_entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropy of each row's completion, as (B, T) with a mask.
-
-    Rows that share a prompt (a GRPO group) are packed into one segment, the prompt once and
-    its completions after it, so the prompt is computed once for the group and gradients from
-    every completion flow through it; segments follow each other without padding (see
-    `openrft.train.packed_forward`). Only hidden states that predict completion tokens reach
-    the LM head, in chunks, so full-vocabulary logits for the batch never exist at once.
-    """
-    device = next(causal_lm.parameters()).device
-    packed = pack_rows(rows)
-    hidden_N_H = packed_hidden_states(causal_lm, packed)[packed.predictor_N.to(device)]
-
-    completions = [r.token_ids[r.prompt_length :] for r in rows]
-    width = max(len(c) for c in completions)
-    lengths_B = torch.tensor([len(c) for c in completions], device=device)
-    mask_B_T = (torch.arange(width, device=device)[None, :] < lengths_B[:, None]).float()
-    targets_N = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
-    logprobs_N, entropy_N = lm_head_logprobs(
-        causal_lm, hidden_N_H, targets_N, chunk_tokens, with_entropy
-    )
-    selected = mask_B_T.bool()
-    logprobs_B_T = torch.zeros(mask_B_T.shape, device=device, dtype=logprobs_N.dtype)
-    logprobs_B_T = logprobs_B_T.masked_scatter(selected, logprobs_N)
-    entropy_B_T = torch.zeros_like(logprobs_B_T)
-    if entropy_N is not None:
-        entropy_B_T = entropy_B_T.masked_scatter(selected, entropy_N.to(entropy_B_T.dtype))
-    return logprobs_B_T, entropy_B_T, mask_B_T
+def _per_token(values: Sequence[Sequence[float]], mask_B_T: torch.Tensor) -> torch.Tensor:
+    """One per-response-token value sequence per row as (B, T), zero-padded."""
+    out_B_T = torch.zeros(mask_B_T.shape, dtype=torch.float32, device=mask_B_T.device)
+    for b, row_values in enumerate(values):
+        out_B_T[b, : len(row_values)] = torch.tensor(row_values, dtype=torch.float32)
+    return out_B_T
 
 
 @torch.no_grad()
 def _logprobs_no_grad(
-    model: torch.nn.Module, rows: list[TrainRow], train: TrainConfig, chunk: int
+    forward: RowForward,
+    model: torch.nn.Module,
+    rows: Sequence[TrainRow],
+    train: TrainConfig,
+    chunk: int,
 ) -> dict[int, torch.Tensor]:
-    """Per-row log-probs (1-D, completion length) before any update, keyed by row index."""
+    """Per-row log-probs (1-D, response length) before any update, keyed by row index."""
     result = {}
     for start in range(0, len(rows), train.micro_batch_size):
         indices = list(range(start, min(start + train.micro_batch_size, len(rows))))
-        logprobs_B_T, _, mask_B_T = sequence_logprobs(
-            model, [rows[i] for i in indices], chunk, with_entropy=False
-        )
+        out = forward(model, [rows[i] for i in indices], chunk, False)
         for b, i in enumerate(indices):
-            result[i] = logprobs_B_T[b, : int(mask_B_T[b].sum())]
+            result[i] = out.logprobs_B_T[b, : len(rows[i].loss_mask)]
     return result
 
 

@@ -216,7 +216,18 @@ def test_wrong_types_name_the_field(override, field, fragment):
         ("model.chat_template=chatml", "model.chat_template", ["model", "plain"]),
         ("rollout.engine=sglang", "rollout.engine", ["hf", "vllm"]),
         ("vllm.dtype=int8", "vllm.dtype", ["model", "bfloat16", "float16", "float32"]),
-        ("algo.advantage_scaling=rank", "algo.advantage_scaling", ["group", "batch", "none"]),
+        (
+            "algo.advantage=rank",
+            "algo.advantage",
+            ["grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_per_turn"],
+        ),
+        (
+            "algo.policy_loss=dpo",
+            "algo.policy_loss",
+            ["ppo", "gspo", "cispo", "importance_sampling"],
+        ),
+        ("train.fast_paths=on", "train.fast_paths", ["auto", "off"]),
+        ("checkpoint.final=first", "checkpoint.final", ["last", "best"]),
         (
             "algo.loss_aggregation=sum",
             "algo.loss_aggregation",
@@ -232,6 +243,10 @@ def test_literal_fields_list_their_choices(override, field, choices):
         assert choice in str(info.value)
 
 
+# algo.overlong_buffer must not exceed rollout.max_new_tokens.
+RANGE_COMPANIONS = {"algo.overlong_buffer": {"rollout": {"max_new_tokens": 1_000_000}}}
+
+
 def _beyond(dotted: str, bound: float, direction: int) -> int | float:
     """The value just past `bound` (direction -1 below, +1 above), in the field's own type."""
     if _field_type(dotted) is int:
@@ -243,16 +258,19 @@ def _beyond(dotted: str, bound: float, direction: int) -> int | float:
 def test_every_range_bound_is_enforced(dotted, bounds):
     low, high = bounds
     section, key = dotted.split(".")
+    # A field whose range a cross-field rule narrows gets room from the field it is tied to.
+    companion = RANGE_COMPANIONS.get(dotted, {})
     # Both bounds themselves are allowed.
     for value in (low, high):
         value = int(value) if _field_type(dotted) is int else float(value)
-        assert get_field(config_from_dict({section: {key: value}}), dotted) == value
+        raw = {**companion, section: {**companion.get(section, {}), key: value}}
+        assert get_field(config_from_dict(raw), dotted) == value
     for bound, direction in ((low, -1), (high, +1)):
         value = _beyond(dotted, bound, direction)
         if value == bound:  # not representable
             continue
         with pytest.raises(ConfigError) as info:
-            config_from_dict({section: {key: value}})
+            config_from_dict({**companion, section: {**companion.get(section, {}), key: value}})
         assert info.value.field == dotted
         assert dotted in str(info.value)
         assert f"allowed {low} to {high}" in str(info.value)
@@ -482,3 +500,36 @@ def test_a_bad_device_names_the_field(value):
 
 def test_a_vllm_url_must_be_http():
     _raises("vllm.url", overrides=["data.train_file=x.jsonl", "vllm.url=localhost:8000"])
+
+
+@pytest.mark.parametrize(("old", "new"), [("group", "grpo"), ("none", "drgrpo")])
+def test_the_old_advantage_scaling_names_the_estimator_it_was(old, new):
+    assert load_config(None, [f'algo.advantage_scaling="{old}"']).algo.advantage == new
+    both = [f'algo.advantage_scaling="{old}"', f'algo.advantage="{new}"']
+    assert load_config(None, both).algo.advantage == new
+
+
+def test_the_old_batch_scaling_and_conflicts_are_refused_with_the_replacement():
+    info = _raises("algo.advantage_scaling", overrides=['algo.advantage_scaling="batch"'])
+    assert "reinforce_pp_baseline" in str(info.value)
+    conflict = ['algo.advantage_scaling="group"', 'algo.advantage="rloo"']
+    info = _raises("algo.advantage_scaling", overrides=conflict)
+    assert "conflicts with algo.advantage = 'rloo'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "fragment"),
+    [
+        (["algo.overlong_buffer=100", "rollout.max_new_tokens=64"], "algo.overlong_buffer", "64"),
+        (["checkpoint.final=best"], "checkpoint.final", "keep_best >= 1"),
+        (
+            ["train.early_stop_patience=2", "eval.interval=0"],
+            "train.early_stop_patience",
+            "interval",
+        ),
+        (['checkpoint.best_metric=""'], "checkpoint.best_metric", "must name a metric"),
+    ],
+)
+def test_cross_field_rules_of_the_new_knobs(overrides, field, fragment):
+    info = _raises(field, overrides=overrides)
+    assert fragment in str(info.value)

@@ -11,11 +11,11 @@ import peft
 import pytest
 import torch
 
+from openrft.algo.passk import mean_pass_at_k
 from openrft.cli import main
+from openrft.cli.evaluate import load_eval_model, parse_model_spec
 from openrft.data import encode_prompt, load_examples
-from openrft.eval_cli import load_eval_model, parse_model_spec
 from openrft.evaluation.evaluate import compare, evaluate, write_comparison, write_report
-from openrft.evaluation.passk import mean_pass_at_k
 from openrft.models.load import load_model
 from openrft.rewards import build_grader
 from openrft.rollout.hf_engine import HFEngine

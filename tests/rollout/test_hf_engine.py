@@ -257,7 +257,7 @@ def test_sync_weights_switches_the_sampled_model(tiny_model_dir, loaded, prompts
     other = _reinit(other, seed=1).eval()
     engine = HFEngine(model, tokenizer)
     before = engine.generate(prompts, greedy())
-    engine.sync_weights(other)
+    engine.sync_weights(other, version=1)
     after = engine.generate(prompts, greedy())
     assert after != before
     assert after == HFEngine(other, tokenizer).generate(prompts, greedy())

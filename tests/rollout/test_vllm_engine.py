@@ -19,11 +19,7 @@ from vllm_env import VLLM_COMMAND, needs_vllm
 from openrft.errors import RolloutError
 from openrft.metrics.names import PROBE_GAP, PROBE_SHIFT
 from openrft.rollout.hf_engine import HFEngine, end_of_turn_ids
-from openrft.rollout.vllm_engine import (
-    VLLMEngine,
-    WeightSyncError,
-    trainer_logprobs,
-)
+from openrft.rollout.vllm_engine import VLLMEngine, WeightSyncError
 from openrft.rollout.vllm_server import (
     VLLMServer,
     free_port,
@@ -31,6 +27,7 @@ from openrft.rollout.vllm_server import (
     serve_arguments,
     start_server,
 )
+from openrft.train.forward import sequence_logprobs as trainer_logprobs
 from openrft.types import SamplingParams
 
 # -- without a server ---------------------------------------------------------------------
@@ -114,7 +111,13 @@ def make_engine(served, tmp_path, probe_ids, model) -> VLLMEngine:
     tokenizer = build_tiny_tokenizer()
     client_side = VLLMServer(server.url, None, server.log_path)  # close() leaves it running
     return VLLMEngine(
-        client_side, "tiny", tokenizer, end_of_turn_ids(model, tokenizer), tmp_path, probe_ids
+        client_side,
+        "tiny",
+        tokenizer,
+        end_of_turn_ids(model, tokenizer),
+        tmp_path,
+        probe_ids,
+        trainer_logprobs,
     )
 
 
@@ -159,12 +162,12 @@ def test_greedy_completions_match_the_in_process_engine_before_and_after_a_lora_
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
     assert engine.generate(prompts, greedy) == local.generate(prompts, greedy)
 
-    first = engine.sync_weights(policy)
+    first = engine.sync_weights(policy, version=1)
     assert first[PROBE_GAP] < 1e-3  # the same float32 model on both sides
 
     randomize_lora(policy, seed=1)
-    second = engine.sync_weights(policy)
-    local.sync_weights(policy)
+    second = engine.sync_weights(policy, version=2)
+    local.sync_weights(policy, version=2)
     assert second[PROBE_GAP] < 1e-3 and second[PROBE_SHIFT] > 1e-3
     assert engine.generate(prompts, greedy) == local.generate(prompts, greedy)
     assert not (tmp_path / "weights-1").exists()  # only the newest adapter is kept on disk
@@ -193,7 +196,7 @@ def test_sampled_logprobs_are_the_trainers_raw_logprobs(served, tmp_path, temper
     # which is what the trainer computes: the two agree for the same float32 weights.
     policy, prompts, engine = lora_engine(served, tmp_path)
     randomize_lora(policy, seed=4)
-    engine.sync_weights(policy)
+    engine.sync_weights(policy, version=1)
     params = SamplingParams(n=3, temperature=temperature, max_new_tokens=10, seed=5)
     for prompt, group in zip(prompts, engine.generate(prompts, params), strict=True):
         for completion in group:
@@ -208,7 +211,7 @@ def test_sampled_logprobs_are_the_trainers_raw_logprobs(served, tmp_path, temper
 def test_a_sync_that_does_not_reach_vllm_stops_the_job(served, tmp_path, monkeypatch):
     policy, _, engine = lora_engine(served, tmp_path / "sync")
     randomize_lora(policy, seed=2)
-    engine.sync_weights(policy)
+    engine.sync_weights(policy, version=1)
     stale = shutil.copytree(tmp_path / "sync" / "weights-1", tmp_path / "stale")
     # The load "succeeds" but vLLM gets the previous adapter, as in the LoRA-sync bugs users
     # report (a cached or mis-pathed adapter): only the probe can tell.
@@ -222,7 +225,7 @@ def test_a_sync_that_does_not_reach_vllm_stops_the_job(served, tmp_path, monkeyp
     monkeypatch.setattr(engine, "_post", load_stale)
     randomize_lora(policy, seed=3)
     with pytest.raises(WeightSyncError, match="still sampling from the previous weights"):
-        engine.sync_weights(policy)
+        engine.sync_weights(policy, version=2)
 
 
 @needs_vllm
@@ -235,7 +238,7 @@ def test_full_weights_are_reloaded_in_place(served, tmp_path):
     try:
         with torch.no_grad():
             model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
-        stats = engine.sync_weights(model)
+        stats = engine.sync_weights(model, version=1)
         assert stats[PROBE_GAP] < 1e-3
         greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
         assert engine.generate(prompts, greedy) == HFEngine(model, tokenizer).generate(
@@ -243,7 +246,7 @@ def test_full_weights_are_reloaded_in_place(served, tmp_path):
         )
     finally:  # the other tests expect the served model's own weights
         fresh = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        engine.sync_weights(fresh)
+        engine.sync_weights(fresh, version=2)
 
 
 @needs_vllm

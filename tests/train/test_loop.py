@@ -82,10 +82,18 @@ def test_training_changes_the_adapter(tmp_path, tiny_model_dir):
         ["algo.update_epochs=2", "train.mini_batches=2", "algo.loss_aggregation=sequence_mean"],
         [
             "algo.loss_aggregation=constant",
-            "algo.advantage_scaling=none",
+            "algo.advantage_scaling=none",  # the old name of algo.advantage = "drgrpo"
             "algo.mask_truncated=true",
         ],
-        ["algo.advantage_scaling=batch", "train.lr_schedule=cosine", "train.warmup_steps=1"],
+        [
+            "algo.advantage=reinforce_pp_baseline",
+            "train.lr_schedule=cosine",
+            "train.warmup_steps=1",
+        ],
+        ["algo.advantage=rloo", "algo.policy_loss=gspo", "algo.loss_aggregation=sequence_mean"],
+        ["algo.advantage=reinforce_pp", "algo.policy_loss=cispo", "algo.clip_low=1.0"],
+        ["algo.advantage=grpo_per_turn", "algo.policy_loss=importance_sampling"],
+        ["train.fast_paths=off", "algo.kl_coef=0.05"],
     ],
 )
 def test_algorithm_variants_run(tmp_path, tiny_model_dir, overrides):

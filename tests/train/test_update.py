@@ -1,79 +1,45 @@
-"""The update's log-probs: shared-prompt computation must equal a plain full forward, in
-values and in gradients; zero-advantage rows need no forward."""
+"""The policy update: gradients that the packed and the plain forward agree on, rows whose
+responses interleave trained and environment tokens, every policy loss, and the correction
+for rollouts sampled by another engine."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from openrft.config import AlgoConfig, TrainConfig
+from openrft.train.forward import packed_row_logprobs, plain_row_logprobs
 from openrft.train.policy import Policy
-from openrft.train.update import TrainRow, sequence_logprobs, train_rows, update_policy
-from openrft.types import Completion, Example, Grade, RolloutGroup
+from openrft.train.update import update_policy
+from openrft.types import TrainRow
+
+
+def row(ids: tuple[int, ...], prompt_length: int, advantage: float, mask=None) -> TrainRow:
+    length = len(ids) - prompt_length
+    mask = tuple(bool(m) for m in mask) if mask is not None else (True,) * length
+    return TrainRow(ids, prompt_length, mask, tuple(advantage * m for m in mask))
+
 
 ROWS = [
-    TrainRow((5, 6, 7, 8, 9, 10), 3, 1.0),  # prompt (5, 6, 7), completion of 3 tokens
-    TrainRow((5, 6, 7, 11), 3, -1.0),  # same prompt, 1-token completion
-    TrainRow((1, 2, 3, 4, 5, 6, 7, 8), 5, 0.5),  # another prompt
-    TrainRow((5, 6, 7, 12, 13, 14, 15), 3, 0.3),
+    row((5, 6, 7, 8, 9, 10), 3, 1.0),  # prompt (5, 6, 7), completion of 3 tokens
+    row((5, 6, 7, 11), 3, -1.0),  # same prompt, 1-token completion
+    row((1, 2, 3, 4, 5, 6, 7, 8), 5, 0.5),  # another prompt
+    row((5, 6, 7, 12, 13, 14, 15), 3, 0.3),
 ]
+# An episode of two sampled turns around an environment turn, and a trailing one.
+EPISODE = row((5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23), 3, 0.7, [1, 1, 0, 0, 0, 1, 1, 0])
 
 
-def plain_logprobs(model, row: TrainRow) -> torch.Tensor:
-    logprobs_L_V = model(torch.tensor([row.token_ids])).logits[0].log_softmax(-1)
-    positions = range(row.prompt_length, len(row.token_ids))
-    return torch.stack([logprobs_L_V[t - 1, row.token_ids[t]] for t in positions])
-
-
-def test_shared_prompt_logprobs_equal_a_full_forward(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
-    logprobs_B_T, entropy_B_T, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=True)
-    assert mask_B_T.sum(1).tolist() == [3, 1, 3, 4]
-    for b, row in enumerate(ROWS):
-        expected = plain_logprobs(model, row)
-        torch.testing.assert_close(logprobs_B_T[b, : len(expected)], expected)
-        assert (entropy_B_T[b, : len(expected)] > 0).all()
-        assert (logprobs_B_T[b, len(expected) :] == 0).all()  # padding stays zero
-
-
-def test_shared_prompt_gradients_equal_a_full_forward(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
-    weight = model.model.layers[0].self_attn.q_proj.weight
-    logprobs_B_T, _, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=False)
-    (logprobs_B_T * mask_B_T).sum().backward()
-    shared = weight.grad.clone()
-    model.zero_grad()
-    sum(plain_logprobs(model, row).sum() for row in ROWS).backward()
-    # RMSNorm computes in float32 inside a float64 model, hence the tolerance.
-    torch.testing.assert_close(shared, weight.grad, rtol=1e-6, atol=1e-8)
-
-
-def test_failed_and_truncated_rows_are_left_out():
-    example = Example(id="e", messages=({"role": "user", "content": "hi"},))
-    completions = [
-        Completion((4, 2), "a", "stop"),
-        Completion((4, 4), "b", "length"),
-        Completion((5, 2), "c", "stop"),
-    ]
-    grades = [Grade(1.0), Grade(0.0), Grade.failed("runtime_error", "boom")]
-    group = RolloutGroup(example, (1, 2, 3), completions, grades, [1.0, -1.0, float("nan")])
-    assert [r.token_ids for r in train_rows([group], mask_truncated=False)] == [
-        (1, 2, 3, 4, 2),
-        (1, 2, 3, 4, 4),
-    ]
-    assert [r.token_ids for r in train_rows([group], mask_truncated=True)] == [(1, 2, 3, 4, 2)]
-
-
-# -- rollouts sampled by another engine (vLLM): the mismatch correction ---------------------
-
-
-def gradient_after_update(tiny_model_dir, rows: list[TrainRow], **algo) -> tuple:
+def gradient_after_update(tiny_model_dir, rows: list[TrainRow], forward=None, **algo) -> tuple:
     """The policy gradient one update_policy call leaves (SGD at lr 0: weights unchanged)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
-    policy = Policy(model=model, tokenizer=None, uses_lora=False)
+    reference = copy.deepcopy(model) if algo.get("kl_coef") else None
+    policy = Policy(model=model, tokenizer=None, uses_lora=False, frozen_reference=reference)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     stats = update_policy(
@@ -82,20 +48,71 @@ def gradient_after_update(tiny_model_dir, rows: list[TrainRow], **algo) -> tuple
         optimizer,
         scheduler,
         AlgoConfig(**algo),
-        TrainConfig(max_grad_norm=0.0),
+        TrainConfig(max_grad_norm=0.0, micro_batch_size=2),
         max_completion_tokens=8,
+        forward=forward or packed_row_logprobs,
     )
-    return model.model.layers[0].self_attn.q_proj.weight.grad.clone(), stats
+    grad = model.model.layers[0].self_attn.q_proj.weight.grad
+    return (torch.zeros(0) if grad is None else grad.clone()), stats
+
+
+@pytest.mark.parametrize("loss", ["ppo", "gspo", "cispo", "importance_sampling"])
+def test_the_packed_and_plain_forwards_give_the_same_update(tiny_model_dir, loss):
+    rows = [*ROWS, EPISODE]
+    packed, packed_stats = gradient_after_update(tiny_model_dir, rows, policy_loss=loss)
+    plain, plain_stats = gradient_after_update(
+        tiny_model_dir, rows, plain_row_logprobs, policy_loss=loss
+    )
+    torch.testing.assert_close(packed, plain, rtol=1e-6, atol=1e-9)
+    assert packed.abs().sum() > 0
+    assert packed_stats.trained_tokens == plain_stats.trained_tokens == 3 + 1 + 3 + 4 + 4
+    assert packed_stats.entropy == pytest.approx(plain_stats.entropy, rel=1e-6)
+
+
+def test_untrained_tokens_carry_no_gradient_and_count_in_no_normaliser(tiny_model_dir):
+    # The episode's environment tokens are context: changing them changes the trained
+    # tokens' log-probs, but they are never targets. Two rows that hold only the episode's
+    # sampled turns, with the environment turn as their context, give the same gradient.
+    episode_grad, stats = gradient_after_update(tiny_model_dir, [EPISODE])
+    assert stats.trained_tokens == 4
+    first_turn = row((5, 6, 7, 16, 17), 3, 0.7)
+    second_turn = row((5, 6, 7, 16, 17, 18, 19, 20, 21, 22), 8, 0.7)
+    # token_mean: each row alone is normalised by its 2 tokens; the episode by 4.
+    first_grad, _ = gradient_after_update(tiny_model_dir, [first_turn])
+    second_grad, _ = gradient_after_update(tiny_model_dir, [second_turn])
+    torch.testing.assert_close(episode_grad, (first_grad + second_grad) / 2)
+
+
+def test_kl_and_entropy_terms_count_only_trained_tokens(tiny_model_dir):
+    _, with_env = gradient_after_update(
+        tiny_model_dir, [EPISODE], plain_row_logprobs, kl_coef=0.1, entropy_coef=0.01
+    )
+    _, packed = gradient_after_update(tiny_model_dir, [EPISODE], kl_coef=0.1, entropy_coef=0.01)
+    assert with_env.kl == pytest.approx(0.0, abs=1e-12)  # the reference is the policy itself
+    assert with_env.entropy == pytest.approx(packed.entropy, rel=1e-6)
+
+
+def test_rows_without_signal_need_no_forward(tiny_model_dir):
+    flat = [replace(r, advantages=(0.0,) * len(r.advantages)) for r in ROWS]
+    gradient, stats = gradient_after_update(tiny_model_dir, flat)
+    assert stats.trained_sequences == 0 and stats.optimizer_steps == 0
+    assert torch.count_nonzero(gradient) == 0
+
+
+# -- rollouts sampled by another engine (vLLM): the mismatch correction ---------------------
 
 
 def with_sampler_logprobs(tiny_model_dir, shift: float) -> list[TrainRow]:
     """ROWS with the engine's log-probs set to the trainer's plus `shift` on every token."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
     with torch.no_grad():
-        logprobs_B_T, _, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=False)
+        out = packed_row_logprobs(model, ROWS, 4, with_entropy=False)
     return [
-        replace(row, sampler_logprobs=tuple((logprobs_B_T[b] + shift)[mask_B_T[b] > 0].tolist()))
-        for b, row in enumerate(ROWS)
+        replace(
+            one,
+            sampler_logprobs=tuple((out.logprobs_B_T[b] + shift)[out.mask_B_T[b] > 0].tolist()),
+        )
+        for b, one in enumerate(ROWS)
     ]
 
 
@@ -135,3 +152,13 @@ def test_rows_without_engine_logprobs_keep_weight_one(tiny_model_dir):
     expected = math.exp(0.5) * reported * 7 / 11 + unreported * 4 / 11
     torch.testing.assert_close(gradient, expected)
     assert abs(stats.sampler_weight - math.exp(0.5)) < 1e-9  # over the reporting tokens only
+
+
+def test_unreported_tokens_inside_a_row_keep_weight_one(tiny_model_dir):
+    # A row whose engine reported only some tokens (NaN elsewhere, as environment tokens
+    # are): the reported ones are weighted, the others not.
+    shifted = with_sampler_logprobs(tiny_model_dir, -0.5)[0]
+    partial = replace(shifted, sampler_logprobs=(shifted.sampler_logprobs[0], math.nan, math.nan))
+    _, stats = gradient_after_update(tiny_model_dir, [partial])
+    assert abs(stats.sampler_weight - math.exp(0.5)) < 1e-9
+    assert abs(stats.sampler_kl + 0.5) < 1e-9

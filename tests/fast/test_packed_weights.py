@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openrft.rollout.packed import Projection, can_pack
+from openrft.fast.packed_weights import Projection, can_pack
 
 
 def _projection(dtype: torch.dtype, pack: bool) -> Projection:

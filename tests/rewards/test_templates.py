@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from openrft.cli import main
-from openrft.evaluation.templates import KINDS
+from openrft.rewards.templates import KINDS
 
 
 @pytest.mark.parametrize("kind", KINDS)

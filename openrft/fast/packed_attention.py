@@ -16,12 +16,17 @@ after 60-token prompts: 19 vs 24 ms a layer, forward and backward); for long one
 (8 completions of 256 tokens after a 150-token prompt: 387 vs 72 ms). pack_rows picks by the
 attention scores each would compute (`APART_COST_RATIO`).
 
-During this forward, plain LoRA adapters add their output with one addmm (`_OneAddmmLora`,
-installed through peft's `lora_variant` hook and taken out after; a test compares it with
-peft's own forward). On the CPU, a bf16 base model with float32 LoRA adapters runs the
-decoder under bf16 autocast (the adapters' matmuls in bf16 like the base's, no float32
-copies of the activations per layer), and attention computes in float32, where PyTorch's
-CPU kernels are faster than in bf16.
+During this forward, plain LoRA adapters add their output with one addmm (installed through
+peft's per-layer variant hook and taken out after: openrft.compat.peft). On the CPU, a bf16 base
+model with float32 LoRA adapters runs the decoder under bf16 autocast (the adapters' matmuls
+in bf16 like the base's, no float32 copies of the activations per layer), and attention
+computes in float32, where PyTorch's CPU kernels are faster than in bf16.
+
+A row's response may interleave sampled and environment tokens (a multi-turn episode): all of
+them are context, only the sampled ones (`TrainRow.loss_mask`) are targets, and tokens after
+the last sampled one are left out. The plain twin is openrft.train.forward's padded forward
+through the model as transformers and peft run it; tests/fast/test_packed_attention.py checks
+log-probs and gradients against it.
 """
 
 from __future__ import annotations
@@ -30,14 +35,14 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
-import peft.helpers
-import peft.tuners.lora
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import PreTrainedModel
 
+from openrft.compat import peft as peft_internals
+from openrft.compat import transformers as transformers_internals
 from openrft.errors import ModelError
-from openrft.rollout.shadow import plain_lora_linear
+from openrft.types import TrainRow
 
 ATTENTION_NAME = "openrft_packed"
 LAYOUT_KWARG = "openrft_layout"  # the model forward passes extra keyword arguments on to attention
@@ -55,6 +60,20 @@ GROUPED_HEADS_DEVICES = {"cpu"}
 APART_COST_RATIO = 0.6
 QUERY_BLOCK = 32
 PROMPT = -1  # the segment id of a prompt token; a completion token's is its row's index
+
+
+def unsupported_reason(causal_lm: PreTrainedModel) -> str | None:
+    """Why the packed forward cannot train `causal_lm` (None: it can, as far as can be told
+    without running it; the training set-up then compares it with the plain forward on a
+    probe, openrft.train.forward.choose_forward)."""
+    for problem in (transformers_internals.PROBLEM, peft_internals.PROBLEM):
+        if problem is not None:
+            return problem
+    if getattr(causal_lm.config, "is_encoder_decoder", False):
+        return "an encoder-decoder model"
+    if not hasattr(causal_lm, "set_attn_implementation"):
+        return f"{type(causal_lm).__name__} cannot switch its attention implementation"
+    return None
 
 
 @dataclass(frozen=True)
@@ -79,23 +98,25 @@ class PackedRows:
         return PackedRows(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
-def pack_rows(rows: list) -> PackedRows:
-    """Lay out rows (`TrainRow`s: token_ids, prompt_length) for one forward pass.
+def pack_rows(rows: list[TrainRow]) -> PackedRows:
+    """Lay out rows for one forward pass. Here a row's "completion" is its response: every
+    token after the prompt, sampled or not.
 
     A completion token attends to its prompt and to the tokens of its own completion before
     it; a prompt token attends causally within the prompt. Positions restart at the prompt
     length for every completion, so each token sees exactly what it saw when it was sampled
-    and its log-prob equals a plain forward of prompt + completion. Targets are listed row by
-    row: row b's completion token j is predicted by the state before it (the prompt's last
-    token for j = 0). A completion's last token predicts nothing and is left out. No real
-    token attends to padding, and a padding slot attends to itself, so no softmax row is empty.
+    and its log-prob equals a plain forward of prompt + completion. Targets are the trained
+    tokens (`loss_mask`), listed row by row: row b's completion token j is predicted by the
+    state before it (the prompt's last token for j = 0). The tokens from a row's last trained
+    one on predict nothing trained and are left out. No real token attends to padding, and a
+    padding slot attends to itself, so no softmax row is empty.
     """
     members: dict[tuple[int, ...], list[int]] = {}  # prompt -> its rows, in order
     for b, row in enumerate(rows):
         members.setdefault(tuple(row.token_ids[: row.prompt_length]), []).append(b)
-    # Each row's completion tokens that go into the sequence: all but the last, which
-    # predicts nothing.
-    completions = [row.token_ids[row.prompt_length : -1] for row in rows]
+    # Each row's completion tokens that go into the sequence: those before its last trained
+    # token (which itself predicts nothing trained).
+    completions = [row.response[: max(row.trained_length - 1, 0)] for row in rows]
     apart = _completions_apart(members, completions)
     ids: list[int] = []
     positions: list[int] = []
@@ -103,7 +124,8 @@ def pack_rows(rows: list) -> PackedRows:
     predictor: dict[int, list[int]] = {}  # row -> indices into N
 
     def add_completion(b: int, prompt_length: int, prompt_end: int) -> None:
-        predictor[b] = [prompt_end - 1, *range(len(ids), len(ids) + len(completions[b]))]
+        every = [prompt_end - 1, *range(len(ids), len(ids) + len(completions[b]))]
+        predictor[b] = [p for p, trained in zip(every, rows[b].loss_mask, strict=False) if trained]
         ids.extend(completions[b])
         positions.extend(range(prompt_length, prompt_length + len(completions[b])))
 
@@ -155,7 +177,9 @@ def pack_rows(rows: list) -> PackedRows:
         completion_allowed_R_C_K=torch.cat([prompt_seen, own_allowed], dim=2),
         segment_positions_U_S=positions_U_S,
         completion_positions_R_C=torch.where(real_R_C, prompt_lengths_R[:, None] + slot_C, 0),
-        predictor_N=torch.tensor([i for b in range(len(rows)) for i in predictor[b]]),
+        predictor_N=torch.tensor(
+            [i for b in range(len(rows)) for i in predictor[b]], dtype=torch.long
+        ),
     )
 
 
@@ -184,7 +208,12 @@ def packed_hidden_states(causal_lm: PreTrainedModel, packed: PackedRows) -> torc
     """The decoder's last hidden state of each of the N packed tokens, as (N, H)."""
     device = next(causal_lm.parameters()).device
     packed = packed.to(device)
-    with _packed_attention(causal_lm), _mixed_precision(causal_lm), _one_addmm_lora(causal_lm):
+    transformers_internals.register_attention(ATTENTION_NAME, packed_attention_forward)
+    with (
+        transformers_internals.use_attention(causal_lm, ATTENTION_NAME),
+        _mixed_precision(causal_lm),
+        peft_internals.one_addmm_lora(causal_lm),
+    ):
         hidden_1_N_H = causal_lm.get_decoder()(
             input_ids=packed.ids_1_N,
             position_ids=packed.positions_1_N,
@@ -329,24 +358,6 @@ def _real(out_B_H_Q_D: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return out_B_H_Q_D.transpose(1, 2).flatten(0, 1).index_select(0, slots)
 
 
-AttentionInterface.register(ATTENTION_NAME, packed_attention_forward)
-
-
-@contextlib.contextmanager
-def _packed_attention(causal_lm: PreTrainedModel) -> Iterator[None]:
-    previous = causal_lm.config._attn_implementation
-    causal_lm.set_attn_implementation(ATTENTION_NAME)
-    try:
-        if causal_lm.get_decoder().config._attn_implementation != ATTENTION_NAME:
-            raise ModelError(
-                f"{type(causal_lm).__name__} cannot switch its attention implementation "
-                "(transformers' AttentionInterface), which packed training needs"
-            )
-        yield
-    finally:
-        causal_lm.set_attn_implementation(previous)
-
-
 @contextlib.contextmanager
 def _mixed_precision(causal_lm: PreTrainedModel) -> Iterator[None]:
     """bf16/fp16 autocast when a half-precision base carries float32 trainable weights (LoRA
@@ -358,42 +369,5 @@ def _mixed_precision(causal_lm: PreTrainedModel) -> Iterator[None]:
         yield
         return
     device = causal_lm.get_input_embeddings().weight.device.type
-    with torch.autocast(device, dtype=base), peft.helpers.disable_input_dtype_casting(causal_lm):
+    with torch.autocast(device, dtype=base), peft_internals.input_casting_off(causal_lm):
         yield
-
-
-class _OneAddmmLora:
-    """A peft LoRA "variant" for plain adapters, in place only during the packed forward:
-    result + scale * (x A^T) B^T as one addmm, instead of a matmul, a scaling and a sum (two
-    passes fewer over every LoRA layer's (N, out) output, forward and backward)."""
-
-    @staticmethod
-    def forward(module, active_adapter, x, result, **_):
-        down = module.lora_A[active_adapter](module.lora_dropout[active_adapter](x))
-        out_M_O = torch.addmm(
-            result.reshape(-1, result.shape[-1]),
-            down.reshape(-1, down.shape[-1]),
-            module.lora_B[active_adapter].weight.T,
-            alpha=module.scaling[active_adapter],
-        )
-        return out_M_O.view(result.shape)
-
-
-@contextlib.contextmanager
-def _one_addmm_lora(causal_lm: PreTrainedModel) -> Iterator[None]:
-    """Run plain LoRA adapters (no variant of their own, no bias) as `_OneAddmmLora`."""
-    installed: list[tuple[dict, str]] = []
-    for module in causal_lm.modules():
-        variants = getattr(module, "lora_variant", None)
-        if not isinstance(module, peft.tuners.lora.Linear) or not isinstance(variants, dict):
-            continue
-        for adapter in module.lora_A:
-            plain = adapter not in variants and plain_lora_linear(module, adapter)
-            if plain and module.lora_B[adapter].bias is None:
-                variants[adapter] = _OneAddmmLora
-                installed.append((variants, adapter))
-    try:
-        yield
-    finally:
-        for variants, adapter in installed:
-            variants.pop(adapter, None)

@@ -1,24 +1,60 @@
-"""A KV cache for decoding that writes each new token into spare room instead of
-concatenating.
-
-transformers' DynamicLayer appends with `torch.cat`, which copies the whole cache of every
-layer at every decoding step: O(length^2) memory traffic, measured here as 29% of the time
-of a GRPO rollout (SmolLM2, 64 sequences, 75-token prompts, 16 new tokens). This layer keeps
-a buffer with room to grow (doubling when full) and hands attention a view of the filled part,
-so a step writes one token per layer. It is for inference (the rollout engine runs under
-no_grad): the in-place writes would break autograd through the cache.
+"""transformers' internals that openrft's fast paths rely on, all in one place:
+- the attention implementation a model runs with (`config._attn_implementation`, switched
+  with `set_attn_implementation` for the packed training forward and back after);
+- the KV cache's layer class (`DynamicLayer`: its lazy initialisation, `keys`/`values`,
+  `is_initialized`, and `DynamicCache.layer_class_to_replicate`), subclassed by the in-place
+  KV cache of openrft.fast.kv_cache.
+Registering an attention function with `AttentionInterface` is public API, but it is global
+state: it happens on first use (`register_attention`), never at import.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-MIN_ROOM = 64  # tokens of spare room allocated at least when the buffer grows
+from openrft.compat import version_problem
+from openrft.errors import ModelError
+
+WRITTEN_FOR = ("5.23.0",)
+PROBLEM = version_problem("transformers", WRITTEN_FOR)  # None: the internals are as expected
+MIN_ROOM = 64  # tokens of spare room the in-place cache allocates at least when it grows
+
+
+def register_attention(name: str, function: Callable) -> None:
+    """Make `function` selectable as attention implementation `name` (idempotent)."""
+    AttentionInterface.register(name, function)
+
+
+def attention_implementation(model: PreTrainedModel) -> str:
+    return model.config._attn_implementation
+
+
+@contextlib.contextmanager
+def use_attention(model: PreTrainedModel, name: str) -> Iterator[None]:
+    """Run `model` with attention implementation `name` while inside; the previous one is
+    restored after, also on errors."""
+    previous = attention_implementation(model)
+    model.set_attn_implementation(name)
+    try:
+        if attention_implementation(model.get_decoder()) != name:
+            raise ModelError(
+                f"{type(model).__name__} cannot switch its attention implementation "
+                "(transformers' AttentionInterface), which packed training needs"
+            )
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 class PreallocatedLayer(DynamicLayer):
-    """DynamicLayer semantics (keys/values hold exactly the cached tokens) over a growing buffer."""
+    """DynamicLayer semantics (keys/values hold exactly the cached tokens) over a buffer with
+    room to grow (doubling when full): a decode step writes one token per layer instead of
+    concatenating the whole cache. For inference only: the in-place writes break autograd."""
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -76,7 +112,7 @@ class PreallocatedLayer(DynamicLayer):
         raise NotImplementedError("the rollout cache only grows")
 
 
-def decoding_cache() -> DynamicCache:
+def preallocated_cache() -> DynamicCache:
     """An empty DynamicCache whose layers (created on first use) are PreallocatedLayers."""
     cache = DynamicCache()
     cache.layer_class_to_replicate = PreallocatedLayer

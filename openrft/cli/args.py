@@ -1,8 +1,13 @@
-"""Command-line arguments that several `openrft` commands share."""
+"""What `openrft train` and `openrft sft` share: a run's arguments, its default directory and
+the exit code of a run stopped on request."""
 
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
+
+EXIT_STOPPED = 75  # stopped on request (SIGTERM) after a checkpoint; resume with --resume
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,3 +27,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config field",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
+
+
+def default_run_dir(parent: str, name: str) -> Path:
+    """`<parent>/<name>-<YYYYmmdd-HHMMSS>`: a fresh run directory when --output is not given."""
+    return Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

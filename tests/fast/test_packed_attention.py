@@ -1,6 +1,7 @@
-"""The packed forward: rows laid out without padding give the log-probs and gradients of a
-plain forward of each row, for grouped and ungrouped heads, sliding windows, Gemma 2's soft
-caps, and a bf16 base with float32 LoRA adapters under autocast."""
+"""The packed forward (openrft.fast.packed_attention): rows laid out without padding give the
+log-probs and gradients of a plain forward of each row, for grouped and ungrouped heads,
+sliding windows, Gemma 2's soft caps, responses that interleave trained and untrained
+tokens, and a bf16 base with float32 LoRA adapters under autocast."""
 
 from __future__ import annotations
 
@@ -19,34 +20,52 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from openrft.compat import peft as peft_internals
 from openrft.errors import ModelError
-from openrft.train import packed_forward
-from openrft.train.packed_forward import (
+from openrft.fast import packed_attention
+from openrft.fast.packed_attention import (
     ATTENTION_NAME,
     pack_rows,
     packed_attention_forward,
     packed_hidden_states,
 )
-from openrft.train.update import TrainRow, sequence_logprobs
+from openrft.train.forward import packed_row_logprobs
+from openrft.types import TrainRow
+
+
+def row(ids: tuple[int, ...], prompt_length: int, advantage: float, mask=None) -> TrainRow:
+    """A row whose response is trained where `mask` says (everywhere by default)."""
+    length = len(ids) - prompt_length
+    mask = tuple(bool(m) for m in mask) if mask is not None else (True,) * length
+    return TrainRow(ids, prompt_length, mask, tuple(advantage * m for m in mask))
+
 
 ROWS = [
-    TrainRow((5, 6, 7, 8, 9, 10), 3, 1.0),  # prompt (5, 6, 7), completion of 3 tokens
-    TrainRow((5, 6, 7, 11), 3, -1.0),  # same prompt, 1-token completion
-    TrainRow((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), 5, 0.5),  # a longer prompt and completion
-    TrainRow((5, 6, 7, 12, 13, 14, 15), 3, 0.3),
+    row((5, 6, 7, 8, 9, 10), 3, 1.0),  # prompt (5, 6, 7), completion of 3 tokens
+    row((5, 6, 7, 11), 3, -1.0),  # same prompt, 1-token completion
+    row((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), 5, 0.5),  # a longer prompt and completion
+    row((5, 6, 7, 12, 13, 14, 15), 3, 0.3),
+    # An episode: sampled 16 17, environment 18 19 20, sampled 21 22, environment 23.
+    row((5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23), 3, 0.7, [1, 1, 0, 0, 0, 1, 1, 0]),
 ]
 
 
 def plain_logprobs(model, row: TrainRow) -> torch.Tensor:
+    """The trained tokens' log-probs from a forward of the row alone, in mask order."""
     logprobs_L_V = model(torch.tensor([row.token_ids])).logits[0].float().log_softmax(-1)
-    positions = range(row.prompt_length, len(row.token_ids))
+    positions = [row.prompt_length + j for j, m in enumerate(row.loss_mask) if m]
     return torch.stack([logprobs_L_V[t - 1, row.token_ids[t]] for t in positions])
+
+
+def trained(logprobs_B_T: torch.Tensor, b: int, row: TrainRow) -> torch.Tensor:
+    """Row b's log-probs at its trained positions."""
+    return logprobs_B_T[b, : len(row.loss_mask)][torch.tensor(row.loss_mask)]
 
 
 @pytest.fixture
 def layout(request, monkeypatch):
     """Force one of pack_rows's two layouts: completions in their group's segment, or apart."""
-    monkeypatch.setattr(packed_forward, "APART_COST_RATIO", math.inf if request.param else 0.0)
+    monkeypatch.setattr(packed_attention, "APART_COST_RATIO", math.inf if request.param else 0.0)
     return request.param
 
 
@@ -100,17 +119,17 @@ def test_apart_layout_by_hand(layout):
 def test_apart_with_only_one_token_completions_has_no_completion_batch(layout):
     # Their only tokens are predicted by the prompt's last state: nothing attends apart.
     model = tiny(LlamaConfig, LlamaForCausalLM)
-    rows = [ROWS[1], TrainRow((5, 6, 7, 12), 3, 1.0)]
+    rows = [ROWS[1], row((5, 6, 7, 12), 3, 1.0)]
     assert pack_rows(rows).completion_slots_Nc.numel() == 0
-    logprobs_B_T, _, _ = sequence_logprobs(model, rows, 4, with_entropy=False)
-    for b, row in enumerate(rows):
-        torch.testing.assert_close(logprobs_B_T[b, :1], plain_logprobs(model, row).double())
+    logprobs_B_T = packed_row_logprobs(model, rows, 4, with_entropy=False).logprobs_B_T
+    for b, one in enumerate(rows):
+        torch.testing.assert_close(logprobs_B_T[b, :1], plain_logprobs(model, one).double())
 
 
 def test_long_completions_go_apart_and_short_ones_stay():
     def group(prompt_length, completion_length):
         prompt = tuple(range(1, prompt_length + 1))
-        return [TrainRow(prompt + (7,) * completion_length, prompt_length, 1.0)] * 8
+        return [row(prompt + (7,) * completion_length, prompt_length, 1.0)] * 8
 
     # A 150-token prompt and 8 x 256: one segment of 2190 computes 5.7x the scores.
     assert pack_rows(group(150, 256)).completion_slots_Nc.numel() == 8 * 255
@@ -177,18 +196,29 @@ def test_logprobs_and_gradients_equal_a_plain_forward_of_each_row(
     model, device_paths, layout, monkeypatch
 ):
     if device_paths == "other":  # the paths CUDA takes: heads repeated, attention in its dtype
-        monkeypatch.setattr(packed_forward, "GROUPED_HEADS_DEVICES", set())
-        monkeypatch.setattr(packed_forward, "FLOAT32_ATTENTION_DEVICES", set())
+        monkeypatch.setattr(packed_attention, "GROUPED_HEADS_DEVICES", set())
+        monkeypatch.setattr(packed_attention, "FLOAT32_ATTENTION_DEVICES", set())
     model = model()
-    logprobs_B_T, _, mask_B_T = sequence_logprobs(model, ROWS, 4, with_entropy=False)
-    for b, row in enumerate(ROWS):
-        expected = plain_logprobs(model, row)
-        torch.testing.assert_close(logprobs_B_T[b, : len(expected)], expected.double())
+    out = packed_row_logprobs(model, ROWS, 4, with_entropy=False)
+    for b, one in enumerate(ROWS):
+        torch.testing.assert_close(
+            trained(out.logprobs_B_T, b, one), plain_logprobs(model, one).double()
+        )
+    assert out.logprobs_B_T[4, 2:5].eq(0).all() and out.mask_B_T[4].tolist() == [
+        1,
+        1,
+        0,
+        0,
+        0,
+        1,
+        1,
+        0,
+    ]
     weight = model.model.layers[0].self_attn.k_proj.weight
-    (logprobs_B_T * mask_B_T).sum().backward()
+    (out.logprobs_B_T * out.mask_B_T).sum().backward()
     packed_grad = weight.grad.clone()
     model.zero_grad()
-    sum(plain_logprobs(model, row).sum() for row in ROWS).backward()
+    sum(plain_logprobs(model, one).sum() for one in ROWS).backward()
     torch.testing.assert_close(packed_grad, weight.grad, rtol=1e-6, atol=1e-8)
     assert model.config._attn_implementation != ATTENTION_NAME  # switched back afterwards
 
@@ -202,13 +232,13 @@ def test_bf16_base_with_float32_lora_runs_under_autocast(tiny_model_dir, layout)
     lora = peft.get_peft_model(model, config, autocast_adapter_dtype=True).get_base_model()
     adapter = lora.model.layers[0].mlp.down_proj.lora_B["default"].weight
     assert adapter.dtype == torch.float32 and adapter.requires_grad
-    rows = [TrainRow(tuple(range(10, 30)), 12, 1.0), TrainRow(tuple(range(10, 25)), 12, -1.0)]
-    logprobs_B_T, _, mask_B_T = sequence_logprobs(lora, rows, 4, with_entropy=False)
-    assert logprobs_B_T.dtype == torch.float32
-    for b, row in enumerate(rows):  # bf16 rounding apart, the plain forward's values
-        expected = plain_logprobs(lora, row)
-        torch.testing.assert_close(logprobs_B_T[b, : len(expected)], expected, atol=0.1, rtol=0)
-    (logprobs_B_T * mask_B_T).sum().backward()
+    rows = [row(tuple(range(10, 30)), 12, 1.0), row(tuple(range(10, 25)), 12, -1.0)]
+    out = packed_row_logprobs(lora, rows, 4, with_entropy=False)
+    assert out.logprobs_B_T.dtype == torch.float32
+    for b, one in enumerate(rows):  # bf16 rounding apart, the plain forward's values
+        expected = plain_logprobs(lora, one)
+        torch.testing.assert_close(trained(out.logprobs_B_T, b, one), expected, atol=0.1, rtol=0)
+    (out.logprobs_B_T * out.mask_B_T).sum().backward()
     assert adapter.grad is not None and adapter.grad.dtype == torch.float32
     assert adapter.grad.abs().sum() > 0
 
@@ -220,21 +250,23 @@ def test_lora_adapters_run_as_one_addmm_with_the_plain_values_and_gradients(monk
     )
     lora = peft.get_peft_model(model, config).get_base_model()
     calls = []
-    fused = packed_forward._OneAddmmLora.forward
+    fused = peft_internals._OneAddmmLora.forward
     monkeypatch.setattr(
-        packed_forward._OneAddmmLora, "forward", lambda *a, **k: calls.append(1) or fused(*a, **k)
+        peft_internals._OneAddmmLora, "forward", lambda *a, **k: calls.append(1) or fused(*a, **k)
     )
-    logprobs_B_T, _, mask_B_T = sequence_logprobs(lora, ROWS, 4, with_entropy=False)
+    out = packed_row_logprobs(lora, ROWS, 4, with_entropy=False)
+    logprobs_B_T, mask_B_T = out.logprobs_B_T, out.mask_B_T
     assert len(calls) == 2 * 7  # every adapted projection of both layers
     adapter = lora.model.layers[1].mlp.up_proj
     assert not adapter.lora_variant  # taken out again: plain peft outside the packed forward
     (logprobs_B_T * mask_B_T).sum().backward()
     packed_grad = adapter.lora_A["default"].weight.grad.clone()
     lora.zero_grad()
-    for b, row in enumerate(ROWS):
-        expected = plain_logprobs(lora, row)
-        torch.testing.assert_close(logprobs_B_T[b, : len(expected)], expected.double())
-    sum(plain_logprobs(lora, row).sum() for row in ROWS).backward()
+    for b, one in enumerate(ROWS):
+        torch.testing.assert_close(
+            trained(logprobs_B_T, b, one), plain_logprobs(lora, one).double()
+        )
+    sum(plain_logprobs(lora, one).sum() for one in ROWS).backward()
     torch.testing.assert_close(packed_grad, adapter.lora_A["default"].weight.grad)
 
 

@@ -1,4 +1,4 @@
-"""The `openrft sft` and `openrft export` commands (registered by `openrft.cli`).
+"""`openrft sft` and `openrft export`: supervised fine-tuning and exporting a run.
 
 openrft sft CONFIG [--output RUN_DIR] [--max-steps N] [--set k=v ...] [--from-reference]
 openrft sft --resume RUN_DIR
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from openrft.cli_args import add_run_arguments
+from openrft.cli.args import EXIT_STOPPED, add_run_arguments, default_run_dir
 
-EXIT_STOPPED = 75  # as `openrft train`: stopped on request after a checkpoint; resume later
 EXPORT_FORMATS = ("peft", "merged", "gguf")  # openrft.export.FORMATS
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # openrft.export.DTYPES
 
@@ -65,7 +63,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         return 2
     config = load_config(args.config, overrides)
     options = SFTOptions(from_reference=args.from_reference)
-    run_dir = Path(args.output) if args.output else _default_run_dir(config.output_dir, config.name)
+    run_dir = Path(args.output) if args.output else default_run_dir(config.output_dir, config.name)
     if (run_dir / "metrics.jsonl").exists():
         print(f"openrft: error: {run_dir} already holds a run; use --resume {run_dir} or another "
               "--output", file=sys.stderr)  # fmt: skip
@@ -117,10 +115,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     }
     print(f"load with: {hints[args.format]}")
     return 0
-
-
-def _default_run_dir(parent: str, name: str) -> Path:
-    return Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _fmt(value: float | None) -> str:

@@ -1,12 +1,16 @@
 """Weights kept in a CPU library's packed (pre-blocked) layout, for the compact decoder's
 matrix multiplies: MKL's packed GEMM for float32, oneDNN's packed weights for bfloat16, with
-oneDNN's fused elementwise "post-ops". Each falls back to a plain matmul where no packed
-form exists (another CPU, a GPU, or an MKL form packed for another row count)."""
+oneDNN's fused elementwise "post-ops" (the operators are torch internals, reached through
+openrft.compat.torch). Each falls back to its plain twin, `x @ W`, where no packed form
+exists (another CPU, a GPU, another torch, or an MKL form packed for another row count);
+tests/fast/test_packed_weights.py checks both give the same products."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from openrft.compat import torch as torch_internals
 
 
 class Projection:
@@ -45,43 +49,37 @@ class Projection:
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """residual + x @ W."""
         if self.fuses(x):
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
+            return torch_internals.onednn_linear_binary(x, residual, self.packed, "add")
         return residual + self(x)
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         """silu(x @ W) (oneDNN calls silu "swish")."""
         if self.fuses(x):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "swish", [], "")
+            return torch_internals.onednn_linear(x, self.packed, "swish")
         return F.silu(self(x))
 
     def times(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """(x @ W) * factor."""
         if self.fuses(x):
-            return torch.ops.mkldnn._linear_pointwise.binary(x, factor, self.packed, None, "mul")
+            return torch_internals.onednn_linear_binary(x, factor, self.packed, "mul")
         return self(x) * factor
 
 
 def can_pack(dtype: torch.dtype) -> bool:
     """A packed weight format exists: MKL's for float32, oneDNN's for bfloat16 on CPUs with
-    bf16 instructions (AVX-512 BF16 or AMX), in x86 builds of torch."""
+    bf16 instructions (AVX-512 BF16 or AMX), in x86 builds of the torch it was written for."""
     if dtype == torch.float32:
-        return torch.backends.mkl.is_available() and hasattr(
-            torch.ops.mkl, "_mkl_reorder_linear_weight"
-        )
+        return torch_internals.mkl_packing_available()
     if dtype == torch.bfloat16:
-        return (
-            torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
+        return torch_internals.onednn_bf16_available()
     return False
 
 
 def pack_weight(weight_O_I: torch.Tensor, rows: int) -> torch.Tensor:
     """The packed form of an (out, in) weight for `rows`-row inputs (see can_pack)."""
     if weight_O_I.dtype == torch.float32:
-        return torch.ops.mkl._mkl_reorder_linear_weight(weight_O_I, rows)
-    return torch.ops.mkldnn._reorder_linear_weight(weight_O_I.contiguous(), rows)
+        return torch_internals.mkl_pack(weight_O_I, rows)
+    return torch_internals.onednn_pack(weight_O_I, rows)
 
 
 def packed_matmul(
@@ -93,7 +91,7 @@ def packed_matmul(
     if packed is None:
         return None
     if x.dtype == torch.bfloat16:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return torch_internals.onednn_linear(x, packed)
     if x.numel() == rows * x.shape[-1]:
-        return torch.ops.mkl._mkl_linear(x, packed, weight_O_I, None, rows)
+        return torch_internals.mkl_linear(x, packed, weight_O_I, rows)
     return None

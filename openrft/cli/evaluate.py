@@ -1,5 +1,5 @@
 """`openrft eval` and `openrft baseline`: evaluate a model (or compare several) and the Step-0
-check before RFT. Registered on the main parser by `openrft.cli.build_parser`.
+check before RFT.
 
 openrft eval --model M [--adapter RUN_DIR/final] --data FILE --grader G [--samples K] ...
 openrft eval --compare M M+ADAPTER_DIR ... --data FILE --grader G [...]

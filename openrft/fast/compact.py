@@ -10,11 +10,11 @@ KV cache once, read once per step for all G of its samples (their queries are st
 one matmul); the generated tokens' cache allocated once per chunk at its final size; plain
 matmul attention for the one query token a step has (float32 on the CPU); and, for bf16,
 oneDNN-packed weights with the elementwise ops that follow a matmul fused into it
-(openrft.rollout.packed). What each of these bought is in the comments where it is done; a
-SmolLM2 bf16 step at batch 64 takes ~61 ms, ~31 ms of it matmuls whose weights arrive from
-memory, not cache (README, "Measured results"). It computes what the transformers model
-computes (tests/rollout/test_compact.py checks logits and samples against it) and is
-re-synced from the policy after each update.
+(openrft.fast.packed_weights). What each of these bought is in the comments where it is done;
+a SmolLM2 bf16 step at batch 64 takes ~61 ms, ~31 ms of it matmuls whose weights arrive from
+memory, not cache (docs/performance.md). Its plain twin is the transformers model's own
+forward: it computes what that computes (tests/fast/test_compact.py checks logits and samples
+against it) and is re-synced from the policy after each update.
 
     decoder = CompactDecoder(policy, torch.float32)   # once; its own fused weight copy
     logits_B_V = decoder.prefill(ids_P_L, attention_P_L, positions_P_L, repeats=G, room=64)
@@ -32,14 +32,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openrft.rollout.packed import Projection, can_pack, pack_weight, packed_matmul
-from openrft.rollout.shadow import current_weights, plain_model
+from openrft.compat import peft as peft_internals
+from openrft.compat import transformers as transformers_internals
+from openrft.compat.peft import current_weights, plain_model
+from openrft.errors import WeightSyncError
+from openrft.fast.packed_weights import Projection, can_pack, pack_weight, packed_matmul
 
 SUPPORTED_TYPES = ("llama", "qwen2")  # config.model_type values this decoder implements
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
-    """Why `model` (plain or peft-wrapped) cannot use the compact decoder, or None if it can."""
+    """Why `model` (plain or peft-wrapped) cannot use the compact decoder, or None if it can.
+    Its weight names are transformers' and its merge reads peft's LoRA layers: a version of
+    either it was not written for turns it off."""
+    for problem in (transformers_internals.PROBLEM, peft_internals.PROBLEM):
+        if problem is not None:
+            return problem
     config = plain_model(model).config
     if config.model_type not in SUPPORTED_TYPES:
         return f"model type {config.model_type!r} is not one of {', '.join(SUPPORTED_TYPES)}"
@@ -101,6 +109,8 @@ class _Layer:
 
 class CompactDecoder:
     """Fused-weight decoding for one chunk of prompts at a time (prefill, step, keep)."""
+
+    holds_copy = True  # its own fused copy of the weights, refreshed by sync()
 
     def __init__(self, policy: nn.Module, dtype: torch.dtype, packed_rows: int = 0):
         reason = unsupported_reason(policy)
@@ -209,7 +219,9 @@ class CompactDecoder:
     def sync(self, policy: nn.Module) -> None:
         """Take the policy's current weights (LoRA merged). Unfused weights already in this
         dtype are held by reference, so the optimizer's in-place updates reach them; packed
-        forms are rebuilt for what changed."""
+        forms are rebuilt for what changed. A weight with no place here, or (on the first
+        sync) a place no weight filled, is a WeightSyncError: after a rename upstream the
+        decoder would otherwise sample from stale weights."""
         changed: set[str] = set()
         for name, weight in current_weights(policy, only_changing=self._synced_once):
             if name in self._slots:
@@ -218,7 +230,14 @@ class CompactDecoder:
                 self._packed_from[name].pack(self.packed_rows, weight.to(self.dtype))
             elif name in _UNFUSED:
                 setattr(self, _UNFUSED[name], weight.to(self.dtype))
+            else:
+                raise WeightSyncError(
+                    f"the compact decoder has no place for the policy's weight {name!r}: "
+                    "its names no longer match the decoder's (a library upgrade?)"
+                )
             changed.add(name)
+        if not self._synced_once:
+            self._check_every_weight_arrived(changed)
         if self.tied:
             self.lm_head = self.embed
         if self.packed_rows:
@@ -229,6 +248,16 @@ class CompactDecoder:
             if changed & {"lm_head.weight", "model.embed_tokens.weight"}:
                 self.head_packed = pack_weight(self.lm_head, self.packed_rows)
         self._synced_once = True
+
+    def _check_every_weight_arrived(self, arrived: set[str]) -> None:
+        expected = set(self._slots) | set(self._packed_from)
+        expected |= {name for name in _UNFUSED if name != "lm_head.weight" or not self.tied}
+        missing = sorted(expected - arrived)
+        if missing:
+            raise WeightSyncError(
+                f"the policy did not provide {len(missing)} weight(s) the compact decoder "
+                f"needs, e.g. {missing[:3]}: it would sample from uninitialised weights"
+            )
 
     def inference(self) -> AbstractContextManager[None]:
         return nullcontext()  # no modules of its own to switch to eval mode

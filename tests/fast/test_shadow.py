@@ -7,8 +7,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from openrft.compat.peft import current_weights
+from openrft.fast.shadow import ShadowModel
 from openrft.rollout.hf_engine import HFEngine
-from openrft.rollout.shadow import ShadowModel, current_weights
 from openrft.types import SamplingParams
 
 PROBE = torch.tensor([[1, 5, 9, 13, 17, 21]])

@@ -8,8 +8,7 @@ import pytest
 
 from openrft.cli import main
 from openrft.errors import DatasetError
-from openrft.evaluation import dry_run
-from openrft.rewards import build_grader
+from openrft.rewards import build_grader, dry_run
 
 ROWS = [
     {"id": "a", "messages": [{"role": "user", "content": "good?"}], "reference_answer": "positive"},

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from openrft.evaluation.passk import mean_pass_at_k, pass_at_k
+from openrft.algo.passk import mean_pass_at_k, pass_at_k
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from openrft.rollout.compact import CompactDecoder, unsupported_reason
+from openrft.fast.compact import CompactDecoder, unsupported_reason
+from openrft.fast.packed_weights import can_pack
 from openrft.rollout.hf_engine import HFEngine, TransformersDecoder, left_pad
-from openrft.rollout.packed import can_pack
 from openrft.types import SamplingParams
 
 PROMPTS = [[5, 9, 13, 21, 34], [7, 11], [40, 41, 42, 43, 44, 45, 46, 47]]

@@ -1,0 +1,46 @@
+"""`openrft serve`: an OpenAI-compatible chat server for a model or a run (docs/serving.md).
+
+openrft serve --model M [--adapter RUN_DIR/final] [--host H] [--port P] [--dtype D]
+              [--log-invocations FILE.jsonl] [--max-batch N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from openrft.errors import RFTError
+
+
+def add_commands(commands: Any) -> None:
+    """Add `serve` to the `openrft` sub-command parser."""
+    serve = commands.add_parser("serve", help="OpenAI-compatible chat server for a model")
+    serve.add_argument("--model", required=True, help="alias, model directory or .gguf")
+    serve.add_argument("--adapter", help="a run's final/ (LoRA adapter), merged at load")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8001)
+    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    serve.add_argument(
+        "--log-invocations", metavar="FILE.jsonl", help="append every request and reply here"
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=16, help="concurrent prompts decoded together at most"
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from openrft.serve import serve
+
+    if args.max_batch < 1:
+        raise RFTError(f"--max-batch must be at least 1, got {args.max_batch}")
+    serve(
+        args.model,
+        adapter=args.adapter,
+        host=args.host,
+        port=args.port,
+        dtype=args.dtype,
+        log_path=args.log_invocations,
+        max_batch=args.max_batch,
+    )
+    return 0

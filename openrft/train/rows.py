@@ -1,0 +1,117 @@
+"""From graded groups to the rows the update trains on: training rewards, advantages, rows.
+
+- Training rewards: a sample's grade, or `reward.error_score` for a failed grading (without
+  it the sample is invalid: left out of every mean and of the update, never a silent 0), plus
+  DAPO's soft overlong penalty (`algo.overlong_buffer`). Validity is a mask, never a NaN.
+- Advantages: the estimator `algo.advantage` names (openrft.algo.registry), per episode
+  (P, G) or per turn (P, G, K; a single-turn completion is one turn).
+- Rows: one `TrainRow` per valid sample (completions that hit the token cap left out with
+  `algo.mask_truncated`), each sampled segment's tokens carrying its advantage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from openrft.algo import ADVANTAGE_ESTIMATORS, flat_groups, lookup, overlong_penalty
+from openrft.config import AlgoConfig
+from openrft.types import RolloutGroup, Segment, TrainRow
+
+
+@dataclass(frozen=True)
+class TrainingRewards:
+    """What the advantages are computed from, per prompt and sample."""
+
+    rewards_P_G: torch.Tensor  # float64: score (or error_score) plus penalty; 0 where invalid
+    valid_P_G: torch.Tensor  # bool: graded, or given reward.error_score
+    penalty_P_G: torch.Tensor  # float64 <= 0: the overlong penalty included in rewards_P_G
+    shaped: bool = False  # the overlong penalty is on (algo.overlong_buffer > 0)
+
+
+@dataclass(frozen=True)
+class Advantages:
+    rewards: TrainingRewards
+    advantages_P_G_K: torch.Tensor  # per sample and turn; K = 1 for single-turn groups
+
+    def of_group(self, p: int) -> list[float | None]:
+        """Group p's first-turn advantages for the rollout log (None where invalid)."""
+        values = self.advantages_P_G_K[p, :, 0].tolist()
+        valid = self.rewards.valid_P_G[p].tolist()
+        return [v if ok else None for v, ok in zip(values, valid, strict=True)]
+
+
+def training_rewards(
+    groups: Sequence[RolloutGroup],
+    algo: AlgoConfig,
+    error_score: float | None,
+    max_new_tokens: int,
+) -> TrainingRewards:
+    scores, valid, lengths = [], [], []
+    for group in groups:
+        for grade, completion in zip(group.grades, group.completions, strict=True):
+            graded = grade.error is None and grade.score is not None
+            score = grade.score if graded else error_score
+            valid.append(score is not None)
+            scores.append(float(score) if score is not None else 0.0)
+            lengths.append(len(completion.token_ids))
+    shape = (len(groups), len(groups[0].grades) if groups else 0)
+    valid_P_G = torch.tensor(valid, dtype=torch.bool).reshape(shape)
+    penalty_P_G = overlong_penalty(
+        torch.tensor(lengths), max_new_tokens, algo.overlong_buffer, algo.overlong_penalty
+    ).reshape(shape)
+    penalty_P_G = torch.where(valid_P_G, penalty_P_G, torch.zeros_like(penalty_P_G))
+    rewards_P_G = torch.tensor(scores, dtype=torch.float64).reshape(shape) + penalty_P_G
+    return TrainingRewards(rewards_P_G, valid_P_G, penalty_P_G, algo.overlong_buffer > 0)
+
+
+def no_signal(
+    groups: Sequence[RolloutGroup], algo: AlgoConfig, error_score: float | None, max_tokens: int
+) -> list[bool]:
+    """Which groups carry no GRPO signal (their valid training rewards are all equal):
+    dynamic sampling drops them."""
+    if not groups:
+        return []
+    rewards = training_rewards(groups, algo, error_score, max_tokens)
+    return flat_groups(rewards.rewards_P_G, rewards.valid_P_G).tolist()
+
+
+def compute_advantages(
+    groups: Sequence[RolloutGroup],
+    algo: AlgoConfig,
+    error_score: float | None,
+    max_new_tokens: int,
+) -> Advantages:
+    """Advantages of every sample (and turn) by the estimator `algo.advantage`."""
+    estimator = lookup(ADVANTAGE_ESTIMATORS, algo.advantage, "advantage estimator")
+    rewards = training_rewards(groups, algo, error_score, max_new_tokens)
+    if estimator.per_turn:
+        # A single-turn completion is an episode of one turn rewarded by its grade.
+        per_turn = estimator.fn(rewards.rewards_P_G[..., None], rewards.valid_P_G[..., None])
+    else:
+        per_turn = estimator.fn(rewards.rewards_P_G, rewards.valid_P_G)[..., None]
+    return Advantages(rewards, per_turn)
+
+
+def training_rows(
+    groups: Sequence[RolloutGroup], advantages: Advantages, mask_truncated: bool
+) -> list[TrainRow]:
+    """One row per valid sample with tokens, each segment's tokens with its advantage."""
+    rows = []
+    valid_P_G = advantages.rewards.valid_P_G
+    for p, group in enumerate(groups):
+        for g, completion in enumerate(group.completions):
+            if not valid_P_G[p, g] or not completion.token_ids:
+                continue
+            if mask_truncated and completion.finish_reason == "length":
+                continue
+            segment = Segment(completion.token_ids, sampled=True, logprobs=completion.logprobs)
+            turn_advantages = (float(advantages.advantages_P_G_K[p, g, 0]),)
+            rows.append(
+                TrainRow.from_segments(
+                    group.prompt_token_ids, (segment,), turn_advantages, group.policy_version
+                )
+            )
+    return rows
