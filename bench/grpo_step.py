@@ -10,7 +10,11 @@ A third side, openrft-bf16, runs openrft with `model.dtype = "bfloat16"` (the fr
 computes in bf16; LoRA adapters and Adam state stay float32) and `rollout.dtype = "bfloat16"`
 (rollouts from a merged bf16 copy): openrft's own speed settings, everything else equal.
 
-A fourth side, openrft-vllm, runs openrft with `rollout.engine = "vllm"`: rollouts from a vLLM
+A fourth side, openrft-plain, runs openrft with `train.fast_paths = "off"`: the plain path
+only (a padded forward through transformers and peft for the update, the model's own forward
+with transformers' KV cache for rollouts), what a model no fast path applies to gets.
+
+A fifth side, openrft-vllm, runs openrft with `rollout.engine = "vllm"`: rollouts from a vLLM
 server the job starts (`--vllm-command`; by default the CPU build `make vllm` puts in
 .venv-vllm), the LoRA adapter hot-loaded and probed after every update. The server's start
 is not part of a step; its memory is (the peak RSS adds the server's, a child process).
@@ -40,13 +44,15 @@ import time
 from pathlib import Path
 
 PROMPTS, GROUP, MAX_NEW, LR, SEED = 8, 8, 16, 2e-4, 0
-SIDES = ("openrft", "openrft-bf16", "openrft-vllm", "trl")
+SIDES = ("openrft", "openrft-bf16", "openrft-plain", "openrft-vllm", "trl")
 LOCAL_VLLM = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 
 
 # openrft's own speed settings, run as a third side: bf16 compute for the frozen base (the
 # LoRA adapters and Adam state stay float32) and rollouts from a merged bf16 copy.
 BF16 = ['model.dtype="bfloat16"', 'rollout.dtype="bfloat16"']
+# The plain path only (train.fast_paths = "off"): what the fast paths buy.
+PLAIN = ['train.fast_paths="off"']
 
 
 def run_openrft(steps: int, extra: tuple[str, ...] = ()) -> dict:
@@ -193,7 +199,8 @@ def side(name: str, steps: int, out: Path, vllm_command: str) -> None:
     elif name == "openrft-vllm":
         result = run_openrft(steps, vllm_overrides(vllm_command))
     else:
-        result = run_openrft(steps, tuple(BF16) if name == "openrft-bf16" else ())
+        extra = {"openrft-bf16": BF16, "openrft-plain": PLAIN}.get(name, [])
+        result = run_openrft(steps, tuple(extra))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if name == "openrft-vllm":  # the vLLM server (the largest child) holds its own copy
         peak_kb += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -44,6 +44,7 @@ class Decoder(Protocol):
 
     device: torch.device  # where its weights and caches live
     holds_copy: bool  # samples from a copy of the weights (which sync() refreshes)
+    dtype: torch.dtype  # the dtype of the weights it samples with
 
     def sync(self, policy: nn.Module) -> None:
         """Sample from `policy`'s current weights from now on."""

@@ -25,6 +25,8 @@ SERVED_NAME = "openrft-base"  # the base model's name on a vLLM server openrft s
 def build_engine(
     config: JobConfig, policy: Policy, probe_ids: list[int], run_dir: Path
 ) -> HFEngine | VLLMEngine:
+    """The engine, with a weight-sync probe that scores the probe by the trainer's plain
+    forward (the lighter one for a dozen tokens: 45 against 100 ms for bf16 SmolLM2)."""
     rollout = config.rollout
     if rollout.engine == "hf":
         sample_dtype = torch.bfloat16 if rollout.dtype == "bfloat16" else None

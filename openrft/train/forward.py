@@ -124,15 +124,17 @@ def plain_row_logprobs(
 @torch.no_grad()
 def sequence_logprobs(model: torch.nn.Module, token_ids: Sequence[int]) -> torch.Tensor:
     """The model's log-prob of each token after the first by the plain forward, in eval mode
-    (no dropout), float64 on the CPU: what the weight-sync probe compares a sampler with."""
+    (no dropout), float64 on the CPU: what the weight-sync probe compares a sampler with. A
+    peft wrapper is looked through."""
     ids = tuple(token_ids)
     row = TrainRow(ids, 1, (True,) * (len(ids) - 1), (0.0,) * (len(ids) - 1))
-    was_training = model.training
-    model.eval()
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was_training = causal_lm.training
+    causal_lm.eval()
     try:
-        out = plain_row_logprobs(model, [row], 0, with_entropy=False)
+        out = plain_row_logprobs(causal_lm, [row], 0, with_entropy=False)
     finally:
-        model.train(was_training)
+        causal_lm.train(was_training)
     return out.logprobs_B_T[0].double().cpu()
 
 

@@ -533,3 +533,16 @@ def test_the_old_batch_scaling_and_conflicts_are_refused_with_the_replacement():
 def test_cross_field_rules_of_the_new_knobs(overrides, field, fragment):
     info = _raises(field, overrides=overrides)
     assert fragment in str(info.value)
+
+
+def test_the_reference_in_docs_is_what_openrft_config_prints(capsys):
+    # docs/config.md shows every field with its default and comment; it must not drift.
+    import re
+    from pathlib import Path
+
+    from openrft.cli import main
+
+    assert main(["config"]) == 0
+    printed = capsys.readouterr().out.strip()
+    docs = (Path(__file__).parents[2] / "docs" / "config.md").read_text()
+    assert re.search(r"```toml\n(.*?)```", docs, re.S).group(1).strip() == printed
