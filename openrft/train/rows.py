@@ -87,6 +87,8 @@ def compute_advantages(
     """Advantages of every sample (and turn) by the estimator `algo.advantage`."""
     estimator = lookup(ADVANTAGE_ESTIMATORS, algo.advantage, "advantage estimator")
     rewards = training_rewards(groups, algo, error_score, max_new_tokens)
+    if not groups:  # dynamic sampling kept none: nothing to train on this step
+        return Advantages(rewards, torch.zeros((0, 0, 1), dtype=torch.float64))
     if estimator.per_turn:
         # A single-turn completion is an episode of one turn rewarded by its grade.
         per_turn = estimator.fn(rewards.rewards_P_G[..., None], rewards.valid_P_G[..., None])

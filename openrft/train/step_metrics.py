@@ -56,9 +56,8 @@ def step_record(
         record[names.ROLLOUT_ROUNDS] = batch.rounds
         record[names.ROLLOUT_PROMPTS] = batch.prompts_used
     rewards = advantages.rewards
-    if rewards.shaped and rewards.valid_P_G.any():
-        penalty = rewards.penalty_P_G[rewards.valid_P_G].mean()
-        record[names.REWARD_OVERLONG_PENALTY] = float(penalty)
+    if rewards.shaped:  # NaN (null in the log) when no group was trained on
+        record[names.REWARD_OVERLONG_PENALTY] = float(rewards.penalty_P_G[rewards.valid_P_G].mean())
     if stats.sampler_kl is not None:
         record[names.SAMPLER_KL] = stats.sampler_kl
         record[names.SAMPLER_WEIGHT] = stats.sampler_weight

@@ -111,6 +111,27 @@ def test_algorithm_variants_run(tmp_path, tiny_model_dir, overrides):
             assert record["policy/kl"] is None  # no reference forward when KL is off
 
 
+def test_dynamic_sampling_and_overlong_shaping_are_logged(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    config = tiny_job(
+        tmp_path, tiny_model_dir, "train.max_steps=2", "eval.interval=0",
+        "algo.dynamic_sampling=true", "algo.dynamic_sampling_max_rounds=2",
+        "algo.overlong_buffer=3", 'reward.grader="exact_label"',  # mostly flat groups
+    )  # fmt: skip
+    train(config, run_dir, show_progress=False)
+    for record in read_metrics(run_dir)[1:]:
+        assert record["rollout/sampling_rounds"] in (1, 2)
+        assert record["rollout/prompts_sampled"] >= 2
+        assert record["reward/dropped_groups"] >= 0
+        penalty = record["reward/overlong_penalty_mean"]  # null: no group was trained on
+        assert penalty is None or penalty <= 0
+    rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    dropped = [r for r in rollouts if not r["trained"]]
+    assert len(dropped) == sum(m["reward/dropped_groups"] for m in read_metrics(run_dir)[1:])
+    assert all(c["advantage"] is None for r in dropped for c in r["completions"])
+    assert all(r["policy_version"] == r["step"] - 1 for r in rollouts)
+
+
 def test_grader_failures_are_counted_not_zeroed(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     config = tiny_job(tmp_path, tiny_model_dir, "train.max_steps=2", grader="flaky")
