@@ -91,32 +91,31 @@ def packed_row_logprobs(
 def plain_row_logprobs(
     causal_lm: PreTrainedModel, rows: Sequence[TrainRow], chunk_tokens: int, with_entropy: bool
 ) -> RowLogprobs:
-    """The plain path: every row whole (prompt recomputed per row), right-padded, through
-    the model's own forward; logits only from the first position that predicts a response
-    token on (`logits_to_keep`). `chunk_tokens` is unused: the model makes the logits."""
+    """The plain path: every row whole (prompt recomputed per row) in one padded batch
+    through the model's own forward. Prompts are left-padded so they all end at one column
+    and responses right-padded after it (position ids count real tokens only): the logits
+    are kept (`logits_to_keep`) only from the last prompt column on. `chunk_tokens` is
+    unused: the model makes the logits."""
     device = next(causal_lm.parameters()).device
-    width = max(len(row.token_ids) for row in rows)
-    ids_B_L = torch.zeros((len(rows), width), dtype=torch.long)
-    attention_B_L = torch.zeros((len(rows), width), dtype=torch.long)
+    prompt_width = max(row.prompt_length for row in rows)
+    response_width = max(len(row.response) for row in rows)
+    ids_B_L = torch.zeros((len(rows), prompt_width + response_width), dtype=torch.long)
+    attention_B_L = torch.zeros_like(ids_B_L)
     for b, row in enumerate(rows):
-        ids_B_L[b, : len(row.token_ids)] = torch.tensor(row.token_ids)
-        attention_B_L[b, : len(row.token_ids)] = 1
-    first = min(row.prompt_length for row in rows) - 1  # the first position predicting a target
+        start = prompt_width - row.prompt_length
+        ids_B_L[b, start : start + len(row.token_ids)] = torch.tensor(row.token_ids)
+        attention_B_L[b, start : start + len(row.token_ids)] = 1
+    positions_B_L = (attention_B_L.cumsum(-1) - 1).clamp(min=0)
+    # Kept logits: column k predicts response token k of every row.
     logits_B_K_V = causal_lm(
         input_ids=ids_B_L.to(device),
         attention_mask=attention_B_L.to(device),
+        position_ids=positions_B_L.to(device),
         use_cache=False,
-        logits_to_keep=width - first,
-    ).logits
-    # Row b's response token j sits at prompt_length + j; the logits before it predict it.
-    rows_N, positions_N = [], []
-    for b, row in enumerate(rows):
-        for j, trained in enumerate(row.loss_mask):
-            if trained:
-                rows_N.append(b)
-                positions_N.append(row.prompt_length + j - 1 - first)
+        logits_to_keep=response_width + 1,
+    ).logits[:, :-1]
     mask_B_T, targets_N = _trained_targets(rows, device)
-    logits_N_V = logits_B_K_V[torch.tensor(rows_N), torch.tensor(positions_N)]
+    logits_N_V = logits_B_K_V[mask_B_T.bool()]
     logprobs_N, entropy_N = logprobs_and_entropy(logits_N_V, targets_N, with_entropy)
     return _scatter(mask_B_T, logprobs_N, entropy_N)
 
@@ -142,8 +141,9 @@ def probe_rows(token_ids: Sequence[int]) -> list[TrainRow]:
     """Rows the two forwards are compared on at job start: two responses to one prompt made
     of the probe's tokens, one of them interleaving trained and untrained tokens."""
     ids = tuple(token_ids)
-    if len(ids) < 12:
-        raise ValueError("the forward probe needs at least 12 tokens")
+    if not ids:
+        raise ValueError("the forward probe needs at least one token")
+    ids = (ids * (12 // len(ids) + 1))[: max(len(ids), 12)]  # a short prompt, repeated
     prompt, rest = ids[: len(ids) // 2], ids[len(ids) // 2 :]
     short = rest[: max(2, len(rest) // 2)]
     mask = tuple(j % 3 != 1 for j in range(len(rest)))

@@ -175,6 +175,27 @@ def test_a_bf16_lora_policy_repacks_what_each_sync_brings(llama):
     assert stale > 1.0 and _step_by_step(decoder, policy) < 0.1 * stale
 
 
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj", "up_proj"]])
+def test_a_float32_lora_policy_repacks_what_each_sync_brings(llama, targets):
+    # float32 projections pack from the merged (out, in) weights as they arrive when all of a
+    # projection's weights changed, from their buffer when some did not (LoRA on q and v
+    # only leaves k as it was): either way every packed form must carry the new weights.
+    if not can_pack(torch.float32):
+        pytest.skip("no packed float32 format here (MKL)")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    torch.manual_seed(0)
+    policy = get_peft_model(_wide(AutoModelForCausalLM.from_config(llama.config)), config)
+    decoder = CompactDecoder(policy, torch.float32, packed_rows=6)
+    assert decoder.layers[0].qkv.packed is not None
+    with torch.no_grad():  # an "update": every LoRA B moves
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.3)
+    stale = _step_by_step(decoder, policy)
+    decoder.sync(policy)
+    assert stale > 1.0 and _step_by_step(decoder, policy) < 1e-4
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_finished_rows_stay_in_the_batch_until_a_quarter_is_done(llama, dtype):
     decoder = CompactDecoder(llama.float(), dtype, packed_rows=64)

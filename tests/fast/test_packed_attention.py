@@ -10,6 +10,7 @@ import math
 import peft
 import pytest
 import torch
+from rows import row
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -31,14 +32,6 @@ from openrft.fast.packed_attention import (
 )
 from openrft.train.forward import packed_row_logprobs
 from openrft.types import TrainRow
-
-
-def row(ids: tuple[int, ...], prompt_length: int, advantage: float, mask=None) -> TrainRow:
-    """A row whose response is trained where `mask` says (everywhere by default)."""
-    length = len(ids) - prompt_length
-    mask = tuple(bool(m) for m in mask) if mask is not None else (True,) * length
-    return TrainRow(ids, prompt_length, mask, tuple(advantage * m for m in mask))
-
 
 ROWS = [
     row((5, 6, 7, 8, 9, 10), 3, 1.0),  # prompt (5, 6, 7), completion of 3 tokens

@@ -82,8 +82,10 @@ def test_the_probe_rows_hold_an_episode_with_untrained_tokens():
     rows = probe_rows(PROBE)
     assert rows[0].prompt_length == 12 and not all(rows[0].loss_mask)
     assert all(rows[1].loss_mask)
-    with pytest.raises(ValueError, match="12 tokens"):
-        probe_rows(PROBE[:5])
+    short = probe_rows(PROBE[:5])  # repeated to 12 tokens
+    assert short[0].token_ids == tuple(PROBE[:5] * 3)[:12]
+    with pytest.raises(ValueError, match="at least one token"):
+        probe_rows([])
 
 
 def test_sequence_logprobs_is_a_plain_forward_of_the_sequence():

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from rows import row
 from transformers import AutoModelForCausalLM
 
 from openrft.config import AlgoConfig, TrainConfig
@@ -17,13 +18,6 @@ from openrft.train.forward import packed_row_logprobs, plain_row_logprobs
 from openrft.train.policy import Policy
 from openrft.train.update import update_policy
 from openrft.types import TrainRow
-
-
-def row(ids: tuple[int, ...], prompt_length: int, advantage: float, mask=None) -> TrainRow:
-    length = len(ids) - prompt_length
-    mask = tuple(bool(m) for m in mask) if mask is not None else (True,) * length
-    return TrainRow(ids, prompt_length, mask, tuple(advantage * m for m in mask))
-
 
 ROWS = [
     row((5, 6, 7, 8, 9, 10), 3, 1.0),  # prompt (5, 6, 7), completion of 3 tokens
