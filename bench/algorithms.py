@@ -42,9 +42,17 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ),
     (
         "cispo, 2 epochs",
-        ['algo.policy_loss="cispo"', "algo.update_epochs=2", "algo.clip_low=1.0", "algo.clip_high=5.0"],
+        [
+            'algo.policy_loss="cispo"',
+            "algo.update_epochs=2",
+            "algo.clip_low=1.0",
+            "algo.clip_high=5.0",
+        ],
     ),
-    ("importance_sampling, 2 epochs", ['algo.policy_loss="importance_sampling"', "algo.update_epochs=2"]),
+    (
+        "importance_sampling, 2 epochs",
+        ['algo.policy_loss="importance_sampling"', "algo.update_epochs=2"],
+    ),
 ]
 
 
@@ -74,7 +82,8 @@ def main() -> None:
     print(f"\n| variant | validation reward before -> after {args.steps} steps | wall time |")
     print("|---|---|---|")
     for r in results:
-        print(f"| {r['name']} | {r['val_before']:.3f} -> {r['val_after']:.3f} | {r['wall_s']:.0f} s |")
+        change = f"{r['val_before']:.3f} -> {r['val_after']:.3f}"
+        print(f"| {r['name']} | {change} | {r['wall_s']:.0f} s |")
 
 
 if __name__ == "__main__":

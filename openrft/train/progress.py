@@ -62,11 +62,6 @@ class Progress:
                 flush=True,
             )
 
-    def set_validation(self, value: float | None) -> None:
-        self.val = value
-        if self.bar is not None:
-            self.bar.update(self.task, **self._cells({}))
-
     def _cells(self, record: dict[str, Any]) -> dict[str, str]:
         values = [record.get(key) for _, key in self.fields[:-1]] + [self.val]
         return {f"f{i}": _fmt(value) for i, value in enumerate(values)}

@@ -152,24 +152,22 @@ class Run:
             name: JsonlLog(self.run_dir / f"{name}.jsonl", keep_through_step=keep_through)
             for name in ("metrics", *self.kind.logs)
         }
+
+    def log_start(self, record: dict[str, Any]) -> None:
+        """Step 0: the starting model's validation."""
+        self.logs["metrics"].write({names.STEP: 0, names.EPOCH: 0.0, **record})
+        self.position = replace(self.position, val_before=record.get(self.kind.metric))
+        self._track_best(0, record)
+
+    def steps(self) -> Iterator[int]:
+        """The steps left to run; ends early after a stop request or early stopping."""
         self.progress = Progress(
-            total_steps,
+            self.total,
             self.position.step,
             self.position.val_before,
             self.kind.progress,
             enabled=self.show_progress,
         )
-
-    def log_start(self, record: dict[str, Any]) -> None:
-        """Step 0: the starting model's validation."""
-        self.logs["metrics"].write({names.STEP: 0, names.EPOCH: 0.0, **record})
-        before = record.get(self.kind.metric)
-        self.position = replace(self.position, val_before=before)
-        self.progress.set_validation(before)
-        self._track_best(0, record)
-
-    def steps(self) -> Iterator[int]:
-        """The steps left to run; ends early after a stop request or early stopping."""
         for step in range(self.position.step + 1, self.total + 1):
             self.status("training")
             yield step

@@ -3,6 +3,7 @@ follows every update through sync(), and the engine samples from it."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
@@ -81,3 +82,20 @@ def test_a_bf16_base_merges_within_its_own_rounding_of_an_exact_merge(tiny_model
     assert got.dtype == torch.bfloat16
     ulp = exact.abs() * 2**-8  # bf16 keeps 8 significant bits: one unit in the last place
     assert ((got.double() - exact).abs() <= ulp).all()
+
+
+def test_a_weight_the_copy_has_no_place_for_is_refused(tiny_model_dir, monkeypatch):
+    from openrft.errors import WeightSyncError
+    from openrft.fast import shadow as shadow_module
+
+    policy = _lora_policy(tiny_model_dir)
+    shadow = ShadowModel(policy, torch.bfloat16)
+    real = shadow_module.peft_internals.current_weights
+
+    def renamed(policy, only_changing=False):  # an upstream rename of one parameter
+        for name, weight in real(policy, only_changing):
+            yield name.replace("mlp.down_proj", "mlp.w2"), weight
+
+    monkeypatch.setattr(shadow_module.peft_internals, "current_weights", renamed)
+    with pytest.raises(WeightSyncError, match=r"no weight named .*mlp.w2"):
+        shadow.sync(policy)
