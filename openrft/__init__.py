@@ -42,8 +42,11 @@ _EXPORTS = {
     "Example": "openrft.types",
     "Grade": "openrft.types",
     "GradeError": "openrft.types",
+    "RolloutGroup": "openrft.types",
     "Sample": "openrft.types",
     "SamplingParams": "openrft.types",
+    "Segment": "openrft.types",
+    "TrainRow": "openrft.types",
     # errors
     "CheckpointError": "openrft.errors",
     "ConfigError": "openrft.errors",
@@ -52,6 +55,7 @@ _EXPORTS = {
     "ModelError": "openrft.errors",
     "RFTError": "openrft.errors",
     "RolloutError": "openrft.errors",
+    "WeightSyncError": "openrft.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -131,13 +131,11 @@ class HFEngine:
 
     def _check_probe(self, policy: nn.Module, version: int) -> dict[str, float]:
         if self.probe is None:
-            sampler = self.description.split(" (")[0]
-            tolerance = self.probe_tolerance or PROBE_TOLERANCE.get(
-                self.decoder.dtype, HALF_PROBE_TOLERANCE
-            )
-            self.probe = WeightSyncProbe(
-                f"the {sampler}", tolerance, 0.0, "rollout.probe_tolerance"
-            )
+            compact_copy = isinstance(self.decoder, CompactDecoder)
+            sampler = "the compact decoder" if compact_copy else "the merged sampling copy"
+            dtype = self.decoder.dtype
+            tolerance = self.probe_tolerance or PROBE_TOLERANCE.get(dtype, HALF_PROBE_TOLERANCE)
+            self.probe = WeightSyncProbe(sampler, tolerance, 0.0, "rollout.probe_tolerance")
         assert self.trainer_logprobs is not None  # a probe exists only with it
         scored = self.trainer_logprobs(policy, self.probe_ids)
         # scored[i] is token i + 1 given the ones before it.
