@@ -70,12 +70,15 @@ def training_rewards(
 def no_signal(
     groups: Sequence[RolloutGroup], algo: AlgoConfig, error_score: float | None, max_tokens: int
 ) -> list[bool]:
-    """Which groups carry no GRPO signal (their valid training rewards are all equal):
-    dynamic sampling drops them."""
+    """Which groups' grades are all equal (or have fewer than two valid): dynamic sampling
+    drops them. As DAPO does, the grades decide, not the shaped reward: a group whose
+    answers are all wrong is dropped even when the overlong penalty tells its lengths apart
+    (it teaches "shorter", not "right")."""
     if not groups:
         return []
     rewards = training_rewards(groups, algo, error_score, max_tokens)
-    return flat_groups(rewards.rewards_P_G, rewards.valid_P_G).tolist()
+    graded_P_G = rewards.rewards_P_G - rewards.penalty_P_G
+    return flat_groups(graded_P_G, rewards.valid_P_G).tolist()
 
 
 def compute_advantages(

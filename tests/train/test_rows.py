@@ -80,9 +80,12 @@ def test_rows_carry_per_token_advantages_and_leave_out_what_they_must():
 def test_no_signal_marks_the_groups_dynamic_sampling_drops():
     groups = [group([1.0, 1.0]), group([1.0, 0.0]), group([0.5, None]), group([None, None])]
     assert no_signal(groups, AlgoConfig(), None, 8) == [True, False, True, True]
-    # The overlong penalty can give an otherwise flat group a signal.
+    # As in DAPO, the grades decide: lengths the overlong penalty tells apart do not.
     shaped = AlgoConfig(overlong_buffer=4)
-    assert no_signal([group([1.0, 1.0], [2, 8])], shaped, None, 8) == [False]
+    assert no_signal([group([1.0, 1.0], [2, 8]), group([1.0, 0.0], [8, 8])], shaped, None, 8) == [
+        True,
+        False,
+    ]
 
 
 class ByPrompt:
