@@ -273,7 +273,9 @@ def test_job_page_shows_header_alerts_and_charts(page, service):
     for chart in ("length", "entropy", "clip", "grad", "throughput", "components", "errors"):
         assert max(points(page, chart)) > 0, chart
     assert page.locator("[data-chart='kl']").count() == 0  # kl_coef 0: KL is null throughout
-    assert page.locator("[data-chart='sampler']").count() == 0  # in-process rollouts
+    # in-process rollouts report no sampler log-probs, but each weight sync is probed
+    assert sum(points(page, "sampler", "sampler KL")) == 0
+    assert max(points(page, "sampler", "probe gap")) > 0
     assert set(
         page.locator("[data-chart='components'] path.series").evaluate_all(
             "ps => ps.map(p => p.dataset.name)"
