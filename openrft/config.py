@@ -162,6 +162,29 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class EnvConfig:
+    tools: str = ""  # Python file whose public functions are tools (docs/agentic.md); "" = none
+    tool_endpoints: dict[str, str] = field(default_factory=dict)  # tool name -> HTTP URL to POST
+    environment: str = ""  # file.py:make_env (or module:make_env) answering assistant turns
+    tool_parser: str = (
+        "auto"  # how calls are read: auto (by the chat template), hermes, llama3_json
+    )
+    max_turns: int = 6  # assistant turns per episode
+    max_episode_tokens: int = 4096  # prompt + every turn and environment message
+    tool_timeout_s: float = 30.0  # per tool call; a hung tool's worker is killed
+    episode_timeout_s: float = 600.0  # wall clock per episode; then it ends with "timeout"
+    max_concurrent: int = 16  # environment steps and tool calls running at once
+    reward: Literal["episode", "turns", "sum"] = "episode"  # grade; per-turn rewards; both summed
+    cut_penalty: float = 0.0  # taken off an episode cut by max_turns, length or timeout
+    mask_cut: bool = False  # leave episodes cut by a limit out of the update
+
+    @property
+    def enabled(self) -> bool:
+        """Rollouts are multi-turn episodes (tools or an environment are configured)."""
+        return bool(self.tools or self.tool_endpoints or self.environment)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str = "openrft-run"  # run name, used for the default output directory
     output_dir: str = "runs"  # where `train` creates RUN_DIR when --output is not given
@@ -175,6 +198,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
 
 
 # Allowed ranges (inclusive) by dotted field name; checked after every load.
@@ -232,6 +256,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "checkpoint.interval": (0, 1_000_000),
     "checkpoint.keep_last": (1, 1000),
     "checkpoint.keep_best": (0, 1000),
+    "env.max_turns": (1, 1000),
+    "env.max_episode_tokens": (16, 10_000_000),
+    "env.tool_timeout_s": (0.01, 86_400),
+    "env.episode_timeout_s": (0.01, 86_400 * 7),
+    "env.max_concurrent": (1, 10_000),
+    "env.cut_penalty": (0.0, 1000.0),
 }
 
 # algo.advantage_scaling, replaced by algo.advantage: old value -> the estimator it was.
@@ -323,6 +353,21 @@ def validate(config: JobConfig) -> None:
         raise ConfigError(
             "train.early_stop_patience", "needs eval.interval > 0 (validations to compare)"
         )
+    env = config.env
+    if env.tools and env.environment:
+        raise ConfigError(
+            "env.environment",
+            "set env.tools or env.environment, not both (an environment runs its own tools)",
+        )
+    for name, url in env.tool_endpoints.items():
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"env.tool_endpoints.{name}", f"{url!r} is not an http(s) URL")
+    if env.enabled and config.algo.overlong_buffer:
+        raise ConfigError(
+            "algo.overlong_buffer", "applies to single-turn rollouts; episodes use env.cut_penalty"
+        )
+    if env.enabled and config.rollout.engine == "vllm" and config.rollout.stop:
+        raise ConfigError("rollout.stop", "stop strings are not supported in episodes on vLLM")
     if not config.checkpoint.best_metric:
         raise ConfigError("checkpoint.best_metric", "must name a metric, e.g. val/reward/mean")
 

@@ -20,7 +20,10 @@ class Message(TypedDict):
     content: str
 
 
-FinishReason = Literal["stop", "length"]
+# Why a completion (or an episode) ended: the end of the turn or a stop string; the token cap
+# (of the turn, or an episode's token budget); an episode's turn limit or wall-clock limit;
+# an environment that failed (the episode is then left out of the update, as a failed grade).
+FinishReason = Literal["stop", "length", "max_turns", "timeout", "error"]
 
 # Typed grader failure kinds, counted per step as `reward/errors/<kind>`.
 GradeErrorKind = Literal[
@@ -68,6 +71,10 @@ class Completion:
     # The engine's log-prob of each token (raw model, temperature 1), where it reports them
     # (vLLM); the trainer corrects for its mismatch. Not part of equality: it is a measurement.
     logprobs: tuple[float, ...] | None = field(default=None, compare=False)
+    # A multi-turn episode (openrft.rollout.episodes.Episode) when this completion is one:
+    # then token_ids are every token after the prompt (sampled and environment), text is the
+    # last assistant turn's text, and the episode holds the turns and their messages.
+    episode: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -80,18 +87,36 @@ class Sample:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     example_id: str = ""  # the dataset row this completion answers
     completion_tokens: int = 0  # tokens generated for this completion (0 when unknown)
+    # Leading messages that are the row's prompt; None = all but the last (one assistant
+    # turn). An episode's messages go on with every assistant, tool and user turn.
+    prompt_messages: int | None = None
 
     @property
     def response(self) -> str:
-        """The generated assistant text."""
-        return self.messages[-1]["content"]
+        """The generated assistant text (an episode's last assistant turn)."""
+        for message in reversed(self.messages):
+            if message["role"] == "assistant":
+                return message.get("content") or ""
+        return ""
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """Every tool call the assistant made, in order (OpenAI shape)."""
+        start = len(self.messages) - 1 if self.prompt_messages is None else self.prompt_messages
+        return [
+            call
+            for message in self.messages[start:]
+            if message["role"] == "assistant"
+            for call in message.get("tool_calls") or ()  # type: ignore[attr-defined]
+        ]
 
     def item(self) -> dict[str, Any]:
         """The row as a user's reward function sees it: every field, as in the dataset."""
+        end = len(self.messages) - 1 if self.prompt_messages is None else self.prompt_messages
         return {
             **self.metadata,
             "id": self.example_id,
-            "messages": [dict(m) for m in self.messages[:-1]],
+            "messages": [dict(m) for m in self.messages[:end]],
             "reference_answer": self.reference_answer,
         }
 

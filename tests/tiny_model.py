@@ -70,3 +70,37 @@ def make_tiny_model_dir(path: Path, seed: int = 0, head_dim: int = 16) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# A Qwen2.5-style template with tools: the tool list in the system turn, calls as
+# <tool_call>{json}</tool_call>, tool results grouped in a user turn as <tool_response>s.
+CHATML_TOOLS = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n<tools>' }}{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}"
+    "{%- endfor %}{{- '\\n</tools>\\nCall a tool as <tool_call>{json}</tool_call><|im_end|>\\n' }}"
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' + (message.content or '') }}"
+    '{%- for call in message.tool_calls or [] %}{{- \'\\n<tool_call>\\n{"name": "\' }}'
+    '{{- call.function.name + \'", "arguments": \' + call.function.arguments }}'
+    "{{- '}\\n</tool_call>' }}{%- endfor %}{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}"
+    "{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def build_tool_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with the tool-calling template above."""
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = CHATML_TOOLS
+    return tokenizer

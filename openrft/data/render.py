@@ -7,7 +7,7 @@ Owns the two chat templates openrft knows: "model" (the tokenizer's own template
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from openrft.errors import ConfigError
 from openrft.types import Message
@@ -28,8 +28,10 @@ def render_prompt(
     messages: Sequence[Message],
     tokenizer: PreTrainedTokenizerBase,
     chat_template: str = "model",
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """The prompt text, ending where the model starts writing the assistant turn."""
+    """The prompt text, ending where the model starts writing the assistant turn; with
+    `tools` (OpenAI schemas), the template shows the model its tools."""
     if chat_template == "plain":
         lines = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         return lines + "assistant:"
@@ -38,8 +40,9 @@ def render_prompt(
         raise ConfigError("model.chat_template", f"unknown value {chat_template!r}; use {choices}")
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("model.chat_template", _NO_TEMPLATE)
+    extra = {"tools": list(tools)} if tools else {}
     text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True, **extra
     )
     return str(text)
 
@@ -48,7 +51,8 @@ def encode_prompt(
     messages: Sequence[Message],
     tokenizer: PreTrainedTokenizerBase,
     chat_template: str = "model",
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> list[int]:
     """The prompt's token ids. No special tokens are added: the template already has them."""
-    text = render_prompt(messages, tokenizer, chat_template)
+    text = render_prompt(messages, tokenizer, chat_template, tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

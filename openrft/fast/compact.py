@@ -347,6 +347,9 @@ class CompactDecoder:
         self.generated_keys = [self._empty(*shape, attention=True) for _ in self.layers]
         self.generated_values = [self._empty(*shape, attention=True) for _ in self.layers]
         self.generated = 0  # columns of the generated-token cache in use
+        # -inf-like scores for generated-cache columns a row must not see (an episode's
+        # filler while it waited for its environment, chunk padding); None until one exists.
+        self.own_blocked_B_T: torch.Tensor | None = None
         self.prompts, self.repeats = prompts, repeats
         self.sequence_B = torch.arange(rows, device=self.device)  # the sample of each row
         # -inf-like scores for left padding, added to the prompt part; None without padding.
@@ -360,11 +363,15 @@ class CompactDecoder:
         return logits_P_V.repeat_interleave(repeats, dim=0)
 
     @torch.no_grad()
-    def step(self, tokens_B: torch.Tensor, positions_B: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (cached in the row's next free column); next-token logits."""
+    def step(
+        self, tokens_B: torch.Tensor, positions_B: torch.Tensor, idle_B: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Feed one token per row (cached in the row's next free column); next-token logits.
+        The column of a row in `idle_B` is masked for that row from now on."""
         column = self.generated
-        if column >= self.generated_values[0].shape[0]:
-            raise RuntimeError("the compact decoder's KV cache is full (room given to prefill)")
+        self._ensure_room(column + 1)
+        if idle_B is not None and bool(idle_B.any()):
+            self._block(column, idle_B[:, None])
         cos_B_1_1_D, sin_B_1_1_D = self._rotary(positions_B[:, None], self.attention_dtype)
         x_B_1_H = self.embed[tokens_B][:, None]
         batch = tokens_B.shape[0]
@@ -384,16 +391,96 @@ class CompactDecoder:
         self.generated = column + 1
         return self._logits(x_B_1_H[:, 0])
 
+    @torch.no_grad()
+    def extend(
+        self, tokens_B_K: torch.Tensor, real_B_K: torch.Tensor, positions_B_K: torch.Tensor
+    ) -> torch.Tensor:
+        """Append K tokens per row (left-padded; padding masked) in one pass: each attends to
+        its prompt, the row's earlier columns and the chunk's tokens before it. Next-token
+        logits after each row's last token."""
+        batch, count = tokens_B_K.shape
+        column = self.generated
+        self._ensure_room(column + count)
+        if not bool(real_B_K.all()):
+            self._block(column, ~real_B_K)
+        end = column + count
+        # Query k of the chunk sees columns up to its own (column + k); the same for every
+        # query head of a group, so the mask repeats per head: rows are (head g, token k).
+        seen_K_T = torch.arange(end, device=self.device)[None, :] <= (
+            column + torch.arange(count, device=self.device)[:, None]
+        )
+        causal_K_T = torch.zeros(count, end, dtype=self.attention_dtype, device=self.device)
+        causal_K_T.masked_fill_(~seen_K_T, torch.finfo(self.attention_dtype).min)
+        group = self.heads // self.kv_heads
+        causal_GK_T = causal_K_T.repeat(group, 1)
+        cos, sin = self._rotary(positions_B_K, self.attention_dtype)  # (B, 1, K, D)
+        x_B_K_H = self.embed[tokens_B_K]
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, x_B_K_H, cos, sin)  # (B, heads, K, D)
+            keys, values = self.generated_keys[index], self.generated_values[index]
+            keys[column:end] = k.permute(2, 0, 1, 3)
+            values[column:end] = v.permute(2, 0, 1, 3)
+            q_B_KV_GK_D = q.reshape(batch, self.kv_heads, group * count, self.head_dim)
+            attended = self._attend(
+                q_B_KV_GK_D,
+                index,
+                keys[:end].permute(1, 2, 0, 3),
+                values[:end].permute(1, 2, 0, 3),
+                causal_GK_T,
+            )
+            attended_B_K_A = (
+                attended.view(batch, self.kv_heads, group, count, self.head_dim)
+                .permute(0, 3, 1, 2, 4)
+                .reshape(batch, count, -1)
+                .to(self.dtype)
+            )
+            x_B_K_H = self._finish_layer(layer, x_B_K_H, attended_B_K_A)
+        self.generated = end
+        return self._logits(x_B_K_H[:, -1])
+
+    def _block(self, column: int, blocked_B_K: torch.Tensor) -> None:
+        """Mask generated-cache columns column ... column + K for the rows marked."""
+        if self.own_blocked_B_T is None:
+            room = self.generated_keys[0].shape[0]
+            rows = self.sequence_B.shape[0]
+            self.own_blocked_B_T = self._empty(rows, room, attention=True).zero_()
+        minimum = torch.finfo(self.attention_dtype).min
+        width = blocked_B_K.shape[1]
+        self.own_blocked_B_T[:, column : column + width].masked_fill_(blocked_B_K, minimum)
+
+    def _ensure_room(self, columns: int) -> None:
+        """Grow the generated-token cache (doubling) to hold `columns`: an episode's turns
+        and environment messages outgrow the room prefill was given."""
+        room = self.generated_keys[0].shape[0]
+        if columns <= room:
+            return
+        new_room = max(columns, 2 * room)
+
+        def grown(cache: torch.Tensor) -> torch.Tensor:
+            bigger = cache.new_empty((new_room, *cache.shape[1:]))
+            bigger[: self.generated] = cache[: self.generated]
+            return bigger
+
+        self.generated_keys = [grown(c) for c in self.generated_keys]
+        self.generated_values = [grown(c) for c in self.generated_values]
+        if self.own_blocked_B_T is not None:
+            blocked = self.own_blocked_B_T.new_zeros((self.own_blocked_B_T.shape[0], new_room))
+            blocked[:, :room] = self.own_blocked_B_T
+            self.own_blocked_B_T = blocked
+
     def _attend(
         self,
         q_B_K_G_D: torch.Tensor,
         layer: int,
         keys_B_K_T_D: torch.Tensor,
         values_B_K_T_D: torch.Tensor,
+        own_mask_G_T: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attention of one query token per row over its prompt's cache (read once for all
-        the samples of a prompt: their queries are stacked into one matmul) and its own
-        generated tokens, under one softmax. (B, kv_heads, group, D) in and out."""
+        """Attention of each row's queries (one token's heads of a group, or a chunk's) over
+        its prompt's cache (read once for all the samples of a prompt: their queries are
+        stacked into one matmul) and its own generated tokens, under one softmax.
+        (B, kv_heads, G, D) in and out; `own_mask_G_T` is added to the generated part's
+        scores (a chunk's causal mask)."""
         q_B_K_G_D = q_B_K_G_D * self.head_dim**-0.5  # scaled once, not both score parts
         prompt_keys_P_K_D_L = self.prompt_keys[layer]
         length = prompt_keys_P_K_D_L.shape[3]
@@ -401,6 +488,11 @@ class CompactDecoder:
         if self.prompt_blocked_B_1_1_L is not None:
             prompt_scores = prompt_scores + self.prompt_blocked_B_1_1_L
         own_scores = q_B_K_G_D @ keys_B_K_T_D.transpose(-1, -2)
+        if own_mask_G_T is not None:
+            own_scores = own_scores + own_mask_G_T
+        if self.own_blocked_B_T is not None:
+            columns = own_scores.shape[-1]
+            own_scores = own_scores + self.own_blocked_B_T[:, None, None, :columns]
         weights = torch.cat([prompt_scores, own_scores], dim=-1).softmax(dim=-1)
         prompt_weights_P_K_Q_L = self._by_prompt(weights[..., :length])
         from_prompt = self._by_row(prompt_weights_P_K_Q_L @ self.prompt_values[layer])
@@ -434,6 +526,8 @@ class CompactDecoder:
         self.generated_keys = [self._kept(cache, rows_B) for cache in self.generated_keys]
         self.generated_values = [self._kept(cache, rows_B) for cache in self.generated_values]
         self.sequence_B = self.sequence_B[rows_B]
+        if self.own_blocked_B_T is not None:
+            self.own_blocked_B_T = self.own_blocked_B_T[rows_B]
         if self.prompt_blocked_B_1_1_L is not None:
             self.prompt_blocked_B_1_1_L = self.prompt_blocked_B_1_1_L[rows_B]
 

@@ -42,3 +42,12 @@ VAL_LOSS = "val/loss"  # SFT: token-mean cross-entropy on held-out assistant tok
 VAL_TOKENS = "val/tokens"
 TRAIN_TOKENS = "train/tokens"  # SFT: assistant tokens trained on this step
 TRAIN_TOKENS_PER_S = "throughput/train_tokens_per_s"
+# Multi-turn episodes (rollouts with [env]).
+EPISODE_TURNS = "episode/turns_mean"  # assistant turns per episode
+EPISODE_TOOL_CALLS = "episode/tool_calls_mean"  # tool calls per episode
+EPISODE_TOOL_ERRORS = "episode/tool_errors"  # failed tool calls this step; by kind below it
+EPISODE_TOOL_ERRORS_PREFIX = "episode/tool_errors/"  # + parse_error, unknown_tool, timeout, ...
+EPISODE_FINISH_PREFIX = "episode/finish/"  # + stop, length, max_turns, timeout, error: shares
+EPISODE_TOKENS = "episode/length_tokens_mean"  # tokens after the prompt, sampled + environment
+TURN_REWARD_MEAN = "reward/turn_mean"  # the environments' per-turn rewards
+ENV_S = "time/env_s"  # time spent in environment resets and steps (overlaps generation)

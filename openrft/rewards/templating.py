@@ -28,9 +28,16 @@ def openai_sample(sample: Sample) -> dict[str, Any]:
     return {
         "output_text": text,
         "output_json": parsed,
-        "output_tools": [],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+        "output_tools": sample.tool_calls,
+        "choices": [{"index": 0, "message": _last_assistant(sample)}],
     }
+
+
+def _last_assistant(sample: Sample) -> dict[str, Any]:
+    for message in reversed(sample.messages):
+        if message["role"] == "assistant":
+            return dict(message)
+    return {"role": "assistant", "content": sample.response}
 
 
 def template_paths(template: str) -> list[str]:

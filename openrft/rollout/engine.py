@@ -66,8 +66,20 @@ class Decoder(Protocol):
         for `room` generated tokens per row."""
         ...
 
-    def step(self, tokens_B: torch.Tensor, positions_B: torch.Tensor) -> torch.Tensor:
-        """One token per live row in; next-token logits (B, V) out."""
+    def step(
+        self, tokens_B: torch.Tensor, positions_B: torch.Tensor, idle_B: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One token per live row in; next-token logits (B, V) out. Rows marked in `idle_B`
+        (episodes waiting for their environment) are fed a filler whose cache column is
+        masked for them."""
+        ...
+
+    def extend(
+        self, tokens_B_K: torch.Tensor, real_B_K: torch.Tensor, positions_B_K: torch.Tensor
+    ) -> torch.Tensor:
+        """Append up to K tokens to every row's cache in one pass (left-padded within the
+        chunk; padding, where `real_B_K` is False, is masked); next-token logits (B, V) after
+        each row's last token. How an episode continues after its environment's answer."""
         ...
 
     def drop_finished(self, batch: int, live: int) -> bool:

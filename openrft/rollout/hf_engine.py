@@ -25,6 +25,8 @@ from openrft.fast import compact, kv_cache, shadow
 from openrft.fast.compact import CompactDecoder
 from openrft.fast.shadow import ShadowModel
 from openrft.rollout.engine import Decoder, completion_from_tokens
+from openrft.rollout.episodes import Respond
+from openrft.rollout.hf_episodes import decode_episodes
 from openrft.rollout.probe import TrainerLogprobs, WeightSyncProbe
 from openrft.rollout.sampling import sample_next_tokens
 from openrft.types import Completion, FinishReason, SamplingParams
@@ -166,6 +168,13 @@ class HFEngine:
 
     def close(self) -> None:
         """Nothing to release: the engine lives in this process."""
+
+    def generate_episodes(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, respond: Respond
+    ) -> None:
+        """Multi-turn episodes, each continued from its own KV cache (openrft.rollout.
+        hf_episodes); `respond` answers each finished turn (openrft.rollout.episodes)."""
+        decode_episodes(self, prompts, params, respond)
 
     @torch.no_grad()
     def generate(
@@ -312,16 +321,33 @@ class TransformersDecoder:
         self.attention_B_L = attention_P_L.repeat_interleave(repeats, dim=0)
         return out.logits[:, -1, :].repeat_interleave(repeats, dim=0)
 
-    def step(self, tokens_B: torch.Tensor, positions_B: torch.Tensor) -> torch.Tensor:
-        self.attention_B_L = torch.cat(
-            [self.attention_B_L, self.attention_B_L.new_ones(len(tokens_B), 1)], dim=1
-        )
+    def step(
+        self, tokens_B: torch.Tensor, positions_B: torch.Tensor, idle_B: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        column_B_1 = self.attention_B_L.new_ones(len(tokens_B), 1)
+        if idle_B is not None:
+            column_B_1 = (~idle_B).long()[:, None]
+        self.attention_B_L = torch.cat([self.attention_B_L, column_B_1], dim=1)
         out = self.model(
             input_ids=tokens_B[:, None],
             attention_mask=self.attention_B_L,
             position_ids=positions_B[:, None],
             past_key_values=self.cache,
             use_cache=True,
+        )
+        return out.logits[:, -1, :]
+
+    def extend(
+        self, tokens_B_K: torch.Tensor, real_B_K: torch.Tensor, positions_B_K: torch.Tensor
+    ) -> torch.Tensor:
+        self.attention_B_L = torch.cat([self.attention_B_L, real_B_K.long()], dim=1)
+        out = self.model(
+            input_ids=tokens_B_K,
+            attention_mask=self.attention_B_L,
+            position_ids=positions_B_K,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         return out.logits[:, -1, :]
 

@@ -19,6 +19,7 @@ from openrft.data import (
     resolve_data_path,
     split_holdout,
 )
+from openrft.train.episodes import EpisodeJob, row_tools
 from openrft.types import Example
 
 Row = TypeVar("Row")
@@ -31,7 +32,10 @@ class JobData:
     prompt_ids: dict[str, list[int]]  # example id -> rendered prompt token ids
 
 
-def load_job_data(config: JobConfig, tokenizer: PreTrainedTokenizerBase) -> JobData:
+def load_job_data(
+    config: JobConfig, tokenizer: PreTrainedTokenizerBase, episodes: EpisodeJob | None = None
+) -> JobData:
+    """The job's rows and their rendered prompts (with the tools a multi-turn job shows)."""
     rows = load_examples(resolve_data_path(config.data.train_file, "data.train_file"))
     if config.data.validation_file:
         train = rows
@@ -45,7 +49,13 @@ def load_job_data(config: JobConfig, tokenizer: PreTrainedTokenizerBase) -> JobD
     template = config.model.chat_template
     for examples in (train, validation):
         check_prompt_lengths(examples, tokenizer, config.data.max_prompt_tokens, template)
-    prompt_ids = {e.id: encode_prompt(e.messages, tokenizer, template) for e in train + validation}
+    tools = episodes.tools if episodes is not None else None
+    prompt_ids = {
+        e.id: encode_prompt(
+            e.messages, tokenizer, template, row_tools(e, tools) if episodes else None
+        )
+        for e in train + validation
+    }
     return JobData(train, validation, prompt_ids)
 
 

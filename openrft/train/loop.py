@@ -22,8 +22,10 @@ from openrft.config import JobConfig
 from openrft.rewards import Grader, build_grader
 from openrft.rewards.grader import with_batch_timeout
 from openrft.rollout.engine import RolloutEngine
+from openrft.rollout.hf_engine import end_of_turn_ids
 from openrft.train.data_setup import JobData, PromptStream, load_job_data, total_steps
 from openrft.train.engines import build_engine, sampling_params
+from openrft.train.episodes import EpisodeJob, episode_job
 from openrft.train.forward import RowForward, choose_forward
 from openrft.train.optim import build_optimizer
 from openrft.train.policy import Policy, build_policy
@@ -49,8 +51,12 @@ def train(
     run = Run(config, run_dir, RL, resume, show_progress, stop)
     run.status("loading", f"loading {config.model.name}")
     policy = build_policy(config)
+    # Multi-turn jobs ([env]): the tools or environment, checked before any data is read.
+    episodes = episode_job(
+        config, policy.tokenizer, end_of_turn_ids(policy.model, policy.tokenizer)
+    )
     run.status("data_processing", f"validating {config.data.train_file}")
-    data = load_job_data(config, policy.tokenizer)
+    data = load_job_data(config, policy.tokenizer, episodes)
     grader = with_batch_timeout(
         build_grader(config.reward.grader, config.reward.timeout_s), config.reward.batch_timeout_s
     )
@@ -60,13 +66,22 @@ def train(
         policy.causal_lm(), fast, probe_ids, config.algo.logprob_chunk_tokens
     )
     # The engine may be a vLLM server this job started: it is stopped however the job ends.
-    engine = build_engine(config, policy, probe_ids, run_dir)
+    try:
+        engine = build_engine(config, policy, probe_ids, run_dir)
+    except BaseException:
+        if episodes is not None:
+            episodes.close()
+        raise
     try:
         run.notes["fast_paths"] = f"update: {how}; rollouts: {engine.description}"
+        if episodes is not None:
+            run.notes["episodes"] = episodes.describe()
         print(f"openrft: {run.notes['fast_paths']}", file=sys.stderr, flush=True)
-        return run_steps(run, policy, data, grader, engine, forward)
+        return run_steps(run, policy, data, grader, engine, forward, episodes)
     finally:
         engine.close()
+        if episodes is not None:
+            episodes.close()
 
 
 def run_steps(
@@ -76,8 +91,10 @@ def run_steps(
     grader: Grader,
     engine: RolloutEngine,
     forward: RowForward,
+    episodes: EpisodeJob | None = None,
 ) -> RunSummary:
-    """The steps of `train` once its policy, data, grader, engine and forward exist."""
+    """The steps of `train` once its policy, data, grader, engine and forward exist
+    (and, for a multi-turn job, its episodes)."""
     config, algo = run.config, run.config.algo
     max_tokens, error_score = config.rollout.max_new_tokens, config.reward.error_score
     steps = total_steps(config, len(data.train))
@@ -90,10 +107,10 @@ def run_steps(
     engine.sync_weights(policy.model, run.position.step)  # a copy holds the pre-restore weights
     if run.position.step == 0:
         run.status("validation", "validating the starting model")
-        start = validate(engine, data, config, grader, step=0)
+        start = validate(engine, data, config, grader, step=0, episodes=episodes)
         if config.eval.baseline_prompts:
             run.status("validation", "Step-0 baseline: can GRPO learn here?")
-            start |= step_zero_baseline(engine, data, config, grader, run.run_dir)
+            start |= step_zero_baseline(engine, data, config, grader, run.run_dir, episodes)
         run.log_start(start)
 
     for step in run.steps():
@@ -108,12 +125,16 @@ def run_steps(
             sampling_params(config, seed),
             size=config.train.prompts_per_step,
             max_rounds=algo.dynamic_sampling_max_rounds if algo.dynamic_sampling else 1,
-            flat=partial(no_signal, algo=algo, error_score=error_score, max_tokens=max_tokens),
-        )
+            flat=partial(
+                no_signal, algo=algo, error_score=error_score, max_tokens=max_tokens,
+                cut_penalty=config.env.cut_penalty,
+            ),
+            episodes=episodes,
+        )  # fmt: skip
         # 2. Advantages from the training rewards, by the configured estimator.
-        advantages = compute_advantages(batch.groups, algo, error_score, max_tokens)
-        # 3. Training rows: tokens, loss masks, per-token advantages, sampler log-probs.
-        rows = training_rows(batch.groups, advantages, algo.mask_truncated)
+        advantages = compute_advantages(batch.groups, algo, error_score, max_tokens, config.env)
+        # 3. Training rows: tokens, loss masks (environment tokens 0), per-token advantages.
+        rows = training_rows(batch.groups, advantages, algo.mask_truncated, config.env.mask_cut)
         # 4. The policy update, then the sampler's copy of the weights.
         update_started = time.monotonic()
         stats = update_policy(
@@ -128,7 +149,7 @@ def run_steps(
             step_s=time.monotonic() - started, update_s=update_s,
         )  # fmt: skip
         if run.validates(step):
-            record |= validate(engine, data, config, grader, step=step)
+            record |= validate(engine, data, config, grader, step=step, episodes=episodes)
         trained_advantages = [advantages.of_group(p) for p in range(len(batch.groups))]
         run.end_step(
             step, record, prompts_seen, policy, optimizer, scheduler,

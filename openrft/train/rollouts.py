@@ -17,9 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from openrft.metrics import names
 from openrft.rewards import Grader, grade_safely
 from openrft.rollout.engine import RolloutEngine
-from openrft.types import Example, RolloutGroup, Sample, SamplingParams
+from openrft.rollout.episodes import Episode, run_episodes
+from openrft.train.episodes import EpisodeJob, combined_grade, episode_sample, needs_grader
+from openrft.types import Completion, Example, Grade, RolloutGroup, Sample, SamplingParams
 
 # The share of prompts that keep their group, assumed at least this when sizing the next
 # round of dynamic sampling (a round never asks for more than a full batch anyway).
@@ -57,10 +60,15 @@ def collect_groups(
     prompt_ids: Sequence[Sequence[int]],
     params: SamplingParams,
     grader: Grader,
+    episodes: EpisodeJob | None = None,
 ) -> tuple[list[RolloutGroup], Timing]:
-    """G completions per prompt from `engine`, graded by `grader` (failures typed, counted)."""
+    """G completions per prompt from `engine` (or G episodes, with `episodes`), graded by
+    `grader` (failures typed, counted)."""
     started = time.monotonic()
-    completions = engine.generate(prompt_ids, params)
+    if episodes is None:
+        completions = engine.generate(prompt_ids, params)
+    else:
+        completions = run_episodes(engine, examples, prompt_ids, params, episodes.setup)
     version = engine.policy_version
     generated = time.monotonic()
     samples = [
@@ -72,10 +80,12 @@ def collect_groups(
             example_id=example.id,
             completion_tokens=len(c.token_ids),
         )
+        if c.episode is None
+        else episode_sample(example, k, c)
         for example, group in zip(examples, completions, strict=True)
         for k, c in enumerate(group)
     ]
-    grades = grade_safely(grader, samples)
+    grades = grade_samples(grader, samples, completions, episodes)
     groups, offset = [], 0
     for example, ids, group in zip(examples, prompt_ids, completions, strict=True):
         n = len(group)
@@ -86,6 +96,24 @@ def collect_groups(
         )
         offset += n
     return groups, Timing(generated - started, time.monotonic() - generated)
+
+
+def grade_samples(
+    grader: Grader,
+    samples: Sequence[Sample],
+    completions: Sequence[Sequence[Completion]],
+    episodes: EpisodeJob | None,
+) -> list[Grade]:
+    """Every sample's grade; an episode's combines the grader's score and the environment's
+    per-turn rewards as `env.reward` says (an episode whose environment failed is not
+    graded: its grade is the failure)."""
+    if episodes is None:
+        return grade_safely(grader, samples)
+    flat = [c for group in completions for c in group]
+    mode = episodes.config.reward
+    graded = [i for i, c in enumerate(flat) if c.finish_reason != "error" and needs_grader(mode)]
+    by_index = dict(zip(graded, grade_safely(grader, [samples[i] for i in graded]), strict=True))
+    return [combined_grade(c.episode, by_index.get(i), mode) for i, c in enumerate(flat)]
 
 
 class PromptSource(Protocol):
@@ -102,6 +130,7 @@ def collect_batch(
     size: int,
     max_rounds: int,
     flat: Callable[[Sequence[RolloutGroup]], list[bool]],
+    episodes: EpisodeJob | None = None,
 ) -> RolloutBatch:
     """Sample rounds of groups until `size` of them carry signal, or `max_rounds` (1: no
     dynamic sampling, every group is kept). Round r samples with `params` reseeded (r = 0
@@ -116,7 +145,9 @@ def collect_batch(
         count = min(size, math.ceil(missing / rate))
         examples, prompt_ids = prompts.take(used, count)
         round_params = replace(params, seed=params.seed + ROUND_SEED_STRIDE * rounds)
-        groups, timing = collect_groups(engine, examples, prompt_ids, round_params, grader)
+        groups, timing = collect_groups(
+            engine, examples, prompt_ids, round_params, grader, episodes
+        )
         rollout_s, reward_s = rollout_s + timing.rollout_s, reward_s + timing.reward_s
         no_signal = flat(groups) if max_rounds > 1 else [False] * len(groups)
         kept += [len(sampled) + i for i, empty in enumerate(no_signal) if not empty]
@@ -164,9 +195,11 @@ def reward_metrics(groups: Sequence[RolloutGroup], prefix: str = "reward") -> di
 
 
 def completion_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
+    """Lengths count sampled tokens only (an episode's environment tokens are not the
+    model's); the truncated ratio counts completions (episodes) cut by a token cap."""
     completions = [c for group in groups for c in group.completions]
-    lengths = [len(c.token_ids) for c in completions]
-    return {
+    lengths = [c.episode.sampled_tokens if c.episode else len(c.token_ids) for c in completions]
+    metrics = {
         "completion/length_mean": statistics.fmean(lengths) if lengths else 0.0,
         "completion/length_max": max(lengths, default=0),
         "completion/truncated_ratio": (
@@ -175,6 +208,33 @@ def completion_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
             else 0.0
         ),
     }
+    episodes = [c.episode for c in completions if c.episode is not None]
+    return metrics | (episode_metrics(episodes) if episodes else {})
+
+
+def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """episode/*: turns, tool calls and errors (by kind), finish reasons, all tokens;
+    reward/turn_mean where environments give per-turn rewards; time/env_s."""
+    count = len(episodes)
+    errors = Counter()
+    for episode in episodes:
+        errors.update(episode.tool_errors())
+    metrics: dict[str, float] = {
+        names.EPISODE_TURNS: statistics.fmean(len(e.turns) for e in episodes),
+        names.EPISODE_TOOL_CALLS: statistics.fmean(e.tool_calls for e in episodes),
+        names.EPISODE_TOOL_ERRORS: sum(errors.values()),
+        names.EPISODE_TOKENS: statistics.fmean(len(e.completion().token_ids) for e in episodes),
+        names.ENV_S: sum(e.env_s for e in episodes),
+    }
+    for kind, number in sorted(errors.items()):
+        metrics[names.EPISODE_TOOL_ERRORS_PREFIX + kind] = number
+    reasons = Counter(e.finish_reason for e in episodes)
+    for reason in ("stop", "length", "max_turns", "timeout", "error"):
+        metrics[names.EPISODE_FINISH_PREFIX + reason] = reasons.get(reason, 0) / count
+    turn_rewards = [t.reward for e in episodes for t in e.turns if t.reward is not None]
+    if turn_rewards:
+        metrics[names.TURN_REWARD_MEAN] = statistics.fmean(turn_rewards)
+    return metrics
 
 
 def rollout_records(
@@ -206,9 +266,28 @@ def rollout_records(
                         if g.error is None
                         else {"kind": g.error.kind, "message": g.error.message},
                         "advantage": a,
+                        **({} if c.episode is None else episode_record(c.episode)),
                     }
                     for c, g, a in zip(group.completions, group.grades, values, strict=True)
                 ],
             }
         )
     return records
+
+
+def episode_record(episode: Episode) -> dict:
+    """An episode in rollouts.jsonl: the conversation after the prompt in OpenAI shape
+    (assistant turns with tool_calls, tool turns with tool_call_id), per-turn rewards,
+    token counts, tool errors and the environment's failure, if any."""
+    messages = episode.messages()[len(episode.opening) :]
+    return {
+        "messages": messages,
+        "turns": len(episode.turns),
+        "turn_rewards": [t.reward for t in episode.turns],
+        "sampled_tokens": episode.sampled_tokens,
+        "tool_calls": episode.tool_calls,
+        "tool_errors": episode.tool_errors(),
+        "env_error": episode.error,
+        "env_s": round(episode.env_s, 3),
+        **({"opening": [dict(m) for m in episode.opening]} if episode.opening else {}),
+    }

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from openrft.algo import ADVANTAGE_ESTIMATORS, flat_groups, lookup, overlong_penalty
-from openrft.config import AlgoConfig
+from openrft.config import AlgoConfig, EnvConfig
+from openrft.train.episodes import cut, per_turn_rewards
 from openrft.types import RolloutGroup, Segment, TrainRow
 
 
@@ -48,8 +49,11 @@ def training_rewards(
     algo: AlgoConfig,
     error_score: float | None,
     max_new_tokens: int,
+    cut_penalty: float = 0.0,
 ) -> TrainingRewards:
-    scores, valid, lengths = [], [], []
+    """Scores plus shaping: DAPO's overlong penalty (single-turn), `env.cut_penalty` off an
+    episode cut by a limit."""
+    scores, valid, lengths, cuts = [], [], [], []
     for group in groups:
         for grade, completion in zip(group.grades, group.completions, strict=True):
             graded = grade.error is None and grade.score is not None
@@ -57,18 +61,25 @@ def training_rewards(
             valid.append(score is not None)
             scores.append(float(score) if score is not None else 0.0)
             lengths.append(len(completion.token_ids))
+            cuts.append(cut(completion))
     shape = (len(groups), len(groups[0].grades) if groups else 0)
     valid_P_G = torch.tensor(valid, dtype=torch.bool).reshape(shape)
     penalty_P_G = overlong_penalty(
         torch.tensor(lengths), max_new_tokens, algo.overlong_buffer, algo.overlong_penalty
     ).reshape(shape)
+    penalty_P_G = penalty_P_G - cut_penalty * torch.tensor(cuts, dtype=torch.float64).reshape(shape)
     penalty_P_G = torch.where(valid_P_G, penalty_P_G, torch.zeros_like(penalty_P_G))
     rewards_P_G = torch.tensor(scores, dtype=torch.float64).reshape(shape) + penalty_P_G
-    return TrainingRewards(rewards_P_G, valid_P_G, penalty_P_G, algo.overlong_buffer > 0)
+    shaped = algo.overlong_buffer > 0 or cut_penalty > 0
+    return TrainingRewards(rewards_P_G, valid_P_G, penalty_P_G, shaped)
 
 
 def no_signal(
-    groups: Sequence[RolloutGroup], algo: AlgoConfig, error_score: float | None, max_tokens: int
+    groups: Sequence[RolloutGroup],
+    algo: AlgoConfig,
+    error_score: float | None,
+    max_tokens: int,
+    cut_penalty: float = 0.0,
 ) -> list[bool]:
     """Which groups' grades are all equal (or have fewer than two valid): dynamic sampling
     drops them. As DAPO does, the grades decide, not the shaped reward: a group whose
@@ -76,7 +87,7 @@ def no_signal(
     (it teaches "shorter", not "right")."""
     if not groups:
         return []
-    rewards = training_rewards(groups, algo, error_score, max_tokens)
+    rewards = training_rewards(groups, algo, error_score, max_tokens, cut_penalty)
     graded_P_G = rewards.rewards_P_G - rewards.penalty_P_G
     return flat_groups(graded_P_G, rewards.valid_P_G).tolist()
 
@@ -86,37 +97,62 @@ def compute_advantages(
     algo: AlgoConfig,
     error_score: float | None,
     max_new_tokens: int,
+    env: EnvConfig | None = None,
 ) -> Advantages:
     """Advantages of every sample (and turn) by the estimator `algo.advantage`."""
     estimator = lookup(ADVANTAGE_ESTIMATORS, algo.advantage, "advantage estimator")
-    rewards = training_rewards(groups, algo, error_score, max_new_tokens)
+    cut_penalty = env.cut_penalty if env is not None else 0.0
+    rewards = training_rewards(groups, algo, error_score, max_new_tokens, cut_penalty)
     if not groups:  # dynamic sampling kept none: nothing to train on this step
         return Advantages(rewards, torch.zeros((0, 0, 1), dtype=torch.float64))
     if estimator.per_turn:
-        # A single-turn completion is an episode of one turn rewarded by its grade.
-        per_turn = estimator.fn(rewards.rewards_P_G[..., None], rewards.valid_P_G[..., None])
+        # Each turn's reward (a single-turn completion is one turn rewarded by its grade).
+        episodes = [[c.episode for c in group.completions] for group in groups]
+        mode = env.reward if env is not None else "episode"
+        per_turn = estimator.fn(
+            *per_turn_rewards(episodes, rewards.rewards_P_G, rewards.valid_P_G, mode)
+        )
     else:
         per_turn = estimator.fn(rewards.rewards_P_G, rewards.valid_P_G)[..., None]
     return Advantages(rewards, per_turn)
 
 
 def training_rows(
-    groups: Sequence[RolloutGroup], advantages: Advantages, mask_truncated: bool
+    groups: Sequence[RolloutGroup],
+    advantages: Advantages,
+    mask_truncated: bool,
+    mask_cut: bool = False,
 ) -> list[TrainRow]:
-    """One row per valid sample with tokens, each segment's tokens with its advantage."""
+    """One row per valid sample with tokens, each sampled segment's tokens with its turn's
+    advantage (the episode's, for a per-episode estimator). Left out: completions that hit
+    the token cap (`mask_truncated`), episodes cut by a limit (`mask_cut`)."""
     rows = []
     valid_P_G = advantages.rewards.valid_P_G
+    per_turn = advantages.advantages_P_G_K.shape[-1] > 1
     for p, group in enumerate(groups):
         for g, completion in enumerate(group.completions):
             if not valid_P_G[p, g] or not completion.token_ids:
                 continue
             if mask_truncated and completion.finish_reason == "length":
                 continue
-            segment = Segment(completion.token_ids, sampled=True, logprobs=completion.logprobs)
-            turn_advantages = (float(advantages.advantages_P_G_K[p, g, 0]),)
-            rows.append(
-                TrainRow.from_segments(
-                    group.prompt_token_ids, (segment,), turn_advantages, group.policy_version
+            if mask_cut and cut(completion):
+                continue
+            turn_advantages = advantages.advantages_P_G_K[p, g].tolist()
+            if completion.episode is None:
+                segments: tuple[Segment, ...] = (
+                    Segment(completion.token_ids, sampled=True, logprobs=completion.logprobs),
                 )
+                by_segment = [turn_advantages[0]]
+            else:
+                segments = completion.episode.segments()
+                by_segment, turn = [], 0
+                for segment in segments:  # environment segments take no advantage
+                    by_segment.append(turn_advantages[turn if per_turn else 0])
+                    turn += segment.sampled
+            prompt = group.prompt_token_ids
+            if completion.episode is not None:  # its environment's reset may have changed it
+                prompt = completion.episode.prompt_token_ids
+            rows.append(
+                TrainRow.from_segments(prompt, segments, tuple(by_segment), group.policy_version)
             )
     return rows

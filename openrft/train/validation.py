@@ -36,7 +36,13 @@ from openrft.rewards import Grader
 from openrft.rollout.engine import RolloutEngine
 from openrft.train.data_setup import JobData
 from openrft.train.engines import sampling_params
-from openrft.train.rollouts import collect_groups, completion_metrics, reward_metrics
+from openrft.train.episodes import EpisodeJob
+from openrft.train.rollouts import (
+    collect_groups,
+    completion_metrics,
+    episode_record,
+    reward_metrics,
+)
 from openrft.types import Example, RolloutGroup, SamplingParams
 
 
@@ -49,6 +55,7 @@ class CompletionResult:
     components: dict[str, float]
     error: dict[str, str] | None  # {"kind", "message"} when grading failed
     success: bool  # graded and score >= success_threshold
+    episode: dict[str, Any] | None = None  # a multi-turn episode's turns (as rollouts.jsonl)
 
 
 @dataclass
@@ -106,11 +113,13 @@ def evaluate(
     params: SamplingParams,
     grader: Grader,
     success_threshold: float = 1.0,
+    episodes: EpisodeJob | None = None,
 ) -> EvalResult:
-    """Sample `params.n` completions per prompt, grade them, and summarise."""
+    """Sample `params.n` completions (episodes, with `episodes`) per prompt, grade them, and
+    summarise: pass@k counts completions or whole episodes alike."""
     if not examples:
         raise ValueError("evaluate needs at least one prompt")
-    groups, _ = collect_groups(engine, examples, prompt_ids, params, grader)
+    groups, _ = collect_groups(engine, examples, prompt_ids, params, grader, episodes)
     return result_from_groups(groups, params, success_threshold)
 
 
@@ -171,6 +180,7 @@ def _prompt_result(group: RolloutGroup, threshold: float) -> PromptResult:
                 if grade.error is None
                 else {"kind": grade.error.kind, "message": grade.error.message},
                 success=ok and grade.score >= threshold,
+                episode=None if completion.episode is None else episode_record(completion.episode),
             )
         )
     scores = [c.score for c in completions if c.score is not None]
@@ -241,9 +251,10 @@ def baseline(
     success_threshold: float = 1.0,
     rft_unnecessary_above: float = RFT_UNNECESSARY_ABOVE,
     sft_first_all_fail_share: float = SFT_FIRST_ALL_FAIL_SHARE,
+    episodes: EpisodeJob | None = None,
 ) -> BaselineResult:
     """Sample `params.n` responses for each prompt, grade them and advise."""
-    result = evaluate(engine, examples, prompt_ids, params, grader, success_threshold)
+    result = evaluate(engine, examples, prompt_ids, params, grader, success_threshold, episodes)
     return advise(result, rft_unnecessary_above, sft_first_all_fail_share)
 
 
@@ -338,7 +349,12 @@ def advice_sentence(result: BaselineResult) -> str:
 
 
 def validate(
-    engine: RolloutEngine, data: JobData, config: JobConfig, grader: Grader, step: int
+    engine: RolloutEngine,
+    data: JobData,
+    config: JobConfig,
+    grader: Grader,
+    step: int,
+    episodes: EpisodeJob | None = None,
 ) -> dict[str, float]:
     """Validation on the held-out prompts with the same code as `openrft eval` (greedy unless
     eval.temperature > 0): val/reward/*, val/completion/*, val/pass@k/*."""
@@ -353,13 +369,19 @@ def validate(
     )
     prompt_ids = [data.prompt_ids[e.id] for e in data.validation]
     result = evaluate(
-        engine, data.validation, prompt_ids, params, grader, config.eval.success_threshold
-    )
+        engine, data.validation, prompt_ids, params, grader, config.eval.success_threshold,
+        episodes,
+    )  # fmt: skip
     return result.log_metrics("val")
 
 
 def step_zero_baseline(
-    engine: RolloutEngine, data: JobData, config: JobConfig, grader: Grader, run_dir: Path
+    engine: RolloutEngine,
+    data: JobData,
+    config: JobConfig,
+    grader: Grader,
+    run_dir: Path,
+    episodes: EpisodeJob | None = None,
 ) -> dict[str, float]:
     """The baseline check on the first `eval.baseline_prompts` training prompts, sampled as
     training samples them; writes RUN_DIR/baseline.json and returns its baseline/* metrics.
@@ -367,7 +389,10 @@ def step_zero_baseline(
     examples = data.train[: config.eval.baseline_prompts]
     prompt_ids = [data.prompt_ids[e.id] for e in examples]
     params = sampling_params(config, seed=config.train.seed * 1_000_003)
-    result = baseline(engine, examples, prompt_ids, params, grader, config.eval.success_threshold)
+    result = baseline(
+        engine, examples, prompt_ids, params, grader, config.eval.success_threshold,
+        episodes=episodes,
+    )  # fmt: skip
     (run_dir / "baseline.json").write_text(json.dumps(result.to_dict(), indent=2))
     print(f"Step-0 baseline: {result.message}", file=sys.stderr, flush=True)
     if config.eval.require_signal and result.signal_share == 0:

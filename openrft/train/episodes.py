@@ -1,0 +1,212 @@
+"""A job's episodes: the `[env]` config turned into the rollout's EpisodeSetup, and episodes
+turned into what grading and the update need (samples, combined rewards, per-turn rewards).
+
+- Tools only (`env.tools`, `env.tool_endpoints`): the built-in ToolEnvironment runs the
+  calls the model's own format expresses (the parser the chat template implies); a row's
+  `tools` schemas are shown to the model, or the file's when the row has none.
+- An environment (`env.environment = "file.py:make_env"`): the user's object answers turns.
+- Rewards (`env.reward`): "episode" = the grader's score of the whole conversation; "turns" =
+  the sum of the environment's per-turn rewards (no grader call); "sum" = both. An episode
+  whose environment failed is a failed grade (left out, counted), never a reward of 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from openrft.config import EnvConfig, JobConfig
+from openrft.data import encode_prompt
+from openrft.rollout.bridge import ChatBridge
+from openrft.rollout.environment import (
+    Runner,
+    ToolEnvironment,
+    UserEnvironment,
+    load_environment_factory,
+)
+from openrft.rollout.episodes import Episode, EpisodeLimits, EpisodeSetup
+from openrft.rollout.tool_calls import ParsedTurn, parser_for
+from openrft.rollout.tools import ToolBox
+from openrft.types import Completion, Example, Grade, Sample
+
+CUT_REASONS = ("max_turns", "length", "timeout")  # limits that cut an episode short
+
+
+@dataclass
+class EpisodeJob:
+    """The job's episode machinery and the config that shapes its rewards."""
+
+    setup: EpisodeSetup
+    config: EnvConfig
+    tools: ToolBox | None
+    parser_name: str
+
+    def describe(self) -> str:
+        """For the job's log: what answers the turns, and the limits."""
+        env, limits = self.config, self.setup.limits
+        what = (
+            f"tools {', '.join(self.tools.names) or '(from the rows)'} ({self.parser_name} calls)"
+            if self.tools is not None
+            else f"environment {env.environment}"
+        )
+        return (
+            f"{what}; up to {limits.max_turns} turns, {limits.max_tokens} tokens, "
+            f"{limits.timeout_s:g} s per episode; reward: {env.reward}"
+        )
+
+    def close(self) -> None:
+        self.setup.runner.close()
+        if self.tools is not None:
+            self.tools.close()
+
+
+def row_tools(example: Example, tools: ToolBox | None) -> list[dict[str, Any]] | None:
+    """The tool schemas the model is shown for a row: the row's own `tools`, else the tools
+    file's (declared once, for every row), else none."""
+    own = example.metadata.get("tools")
+    if own:
+        return list(own)
+    if tools is not None and tools.schemas:
+        return list(tools.schemas.values())
+    return None
+
+
+def row_item(example: Example) -> dict[str, Any]:
+    """The row as reward functions and make_env see it."""
+    return {
+        **example.metadata,
+        "id": example.id,
+        "messages": [dict(m) for m in example.messages],
+        "reference_answer": example.reference_answer,
+    }
+
+
+def episode_job(
+    config: JobConfig, tokenizer: Any, end_token_ids: frozenset[int]
+) -> EpisodeJob | None:
+    """The setup of a job with `[env]`, or None for a single-turn job."""
+    env = config.env
+    if not env.enabled:
+        return None
+    template = config.model.chat_template
+    tools: ToolBox | None = None
+    if env.tools or env.tool_endpoints:
+        tools = ToolBox(
+            env.tools or None, env.tool_endpoints, env.tool_timeout_s, env.max_concurrent
+        )
+        parser_name, parser = parser_for(env.tool_parser, getattr(tokenizer, "chat_template", ""))
+
+        def make_env(example: Example) -> Any:
+            return ToolEnvironment(tools, example.metadata.get("tools") or ())
+
+    else:
+        factory = load_environment_factory(env.environment)
+        if env.tool_parser == "auto":  # an environment reads the turn's text itself
+            parser_name, parser = "none", ParsedTurn
+        else:
+            parser_name, parser = parser_for(env.tool_parser, tokenizer.chat_template)
+
+        def make_env(example: Example) -> Any:
+            return UserEnvironment(factory(row_item(example)), env.environment)
+
+    bridges: dict[str, ChatBridge] = {}
+
+    def bridge_for(example: Example) -> ChatBridge:
+        schemas = row_tools(example, tools)
+        key = json.dumps(schemas, sort_keys=True)
+        if key not in bridges:
+            bridges[key] = ChatBridge(tokenizer, template, schemas)
+        return bridges[key]
+
+    def encode(example: Example, opening: Sequence[Mapping[str, Any]]) -> list[int]:
+        return encode_prompt(opening, tokenizer, template, row_tools(example, tools))  # type: ignore[arg-type]
+
+    limits = EpisodeLimits(
+        env.max_turns, env.max_episode_tokens, env.episode_timeout_s, config.rollout.max_new_tokens
+    )
+    setup = EpisodeSetup(
+        tokenizer,
+        parser,
+        make_env,
+        bridge_for,
+        encode,
+        limits,
+        Runner(env.max_concurrent),
+        end_token_ids,
+    )
+    return EpisodeJob(setup, env, tools, parser_name)
+
+
+def episode_sample(example: Example, index: int, completion: Completion) -> Sample:
+    episode: Episode = completion.episode
+    return Sample(
+        id=f"{example.id}:{index}",
+        messages=tuple(episode.messages()),  # type: ignore[arg-type]
+        reference_answer=example.reference_answer,
+        metadata=example.metadata,
+        example_id=example.id,
+        completion_tokens=episode.sampled_tokens,
+        prompt_messages=len(episode.opening),
+    )
+
+
+def turn_reward_sum(episode: Episode) -> float:
+    return sum(t.reward for t in episode.turns if t.reward is not None)
+
+
+def combined_grade(episode: Episode, grade: Grade | None, mode: str) -> Grade:
+    """The episode's grade as `env.reward` combines the grader's score (None: not graded)
+    and the environment's per-turn rewards."""
+    if episode.finish_reason == "error":
+        return Grade.failed("runtime_error", f"environment: {episode.error}")
+    turns = turn_reward_sum(episode)
+    if mode == "turns":
+        return Grade(turns, {"turn_rewards": turns})
+    assert grade is not None
+    if mode == "episode" or grade.score is None:
+        return grade
+    return Grade(
+        grade.score + turns, {**grade.components, "turn_rewards": turns}, None, grade.latency_s
+    )
+
+
+def needs_grader(mode: str) -> bool:
+    return mode != "turns"
+
+
+def per_turn_rewards(
+    episodes: Sequence[Sequence[Episode | None]],
+    scores_P_G: torch.Tensor,
+    valid_P_G: torch.Tensor,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, G, K) rewards per turn and their validity, for the per-turn estimators: each
+    turn's environment reward (modes "turns", "sum"), and the rest of the episode's score on
+    its last turn (so a row's turns sum to its score). A single-turn completion (None) is
+    one turn."""
+    turns = max((len(e.turns) if e else 1 for group in episodes for e in group), default=1)
+    P, G = scores_P_G.shape
+    rewards = torch.zeros((P, G, turns), dtype=torch.float64)
+    valid = torch.zeros((P, G, turns), dtype=torch.bool)
+    for p, group in enumerate(episodes):
+        for g, episode in enumerate(group):
+            if not valid_P_G[p, g]:
+                continue
+            count = len(episode.turns) if episode else 1
+            counted = 0.0
+            if episode is not None and mode != "episode":
+                for k, turn in enumerate(episode.turns):
+                    rewards[p, g, k] = turn.reward or 0.0
+                    counted += turn.reward or 0.0
+            rewards[p, g, count - 1] += float(scores_P_G[p, g]) - counted
+            valid[p, g, :count] = True
+    return rewards, valid
+
+
+def cut(completion: Completion) -> bool:
+    """An episode ended by a limit rather than by its environment."""
+    return completion.episode is not None and completion.finish_reason in CUT_REASONS
