@@ -17,6 +17,7 @@ left out of the update and counted, never a silent reward of 0).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -212,10 +213,9 @@ def run_episodes(
         generate(prompts, replace(turn_params, n=repeats, max_new_tokens=max(budget, 1)), respond)
     for state in states:
         if state.env is not None:
-            try:
+            # Closing is best effort: the episode's data is already kept.
+            with contextlib.suppress(Exception):
                 state.env.close()
-            except Exception:  # closing is best effort: the episode's data is already kept
-                pass
     completions = [s.episode().completion() for s in states]
     return [completions[p * n : (p + 1) * n] for p in range(len(examples))]
 

@@ -113,7 +113,9 @@ def call(name: str, **arguments) -> str:
 
 
 def test_a_tool_episode_and_its_training_row_match_what_the_policy_saw(tokenizer, tools_file):
-    script = lambda seq, turn: call("multiply", a=3, b=4) if turn == 0 else "It is 12."
+    def script(seq, turn):
+        return call("multiply", a=3, b=4) if turn == 0 else "It is 12."
+
     groups, policy, prompts = run(tokenizer, [f"env.tools={tools_file}"], script)
     episode = groups[0][0].episode
     assert episode.finish_reason == "stop" and len(episode.turns) == 2
@@ -157,7 +159,9 @@ def test_tool_errors_are_answered_and_counted(tokenizer, tools_file):
 
 
 def test_limits_end_episodes_with_their_reason(tokenizer, tools_file):
-    always = lambda seq, turn: call("multiply", a=turn, b=2)
+    def always(seq, turn):
+        return call("multiply", a=turn, b=2)
+
     groups, _, _ = run(tokenizer, [f"env.tools={tools_file}", "env.max_turns=3"], always)
     assert [c.finish_reason for c in groups[0]] == ["max_turns", "max_turns"]
     assert len(groups[0][0].episode.turns) == 3
@@ -176,7 +180,9 @@ def test_limits_end_episodes_with_their_reason(tokenizer, tools_file):
 
 
 def test_tool_calls_of_different_episodes_run_concurrently(tokenizer, tools_file):
-    script = lambda seq, turn: call("slow", seconds=0.6) if turn == 0 else "done"
+    def script(seq, turn):
+        return call("slow", seconds=0.6) if turn == 0 else "done"
+
     started = time.monotonic()
     groups, _, _ = run(tokenizer, [f"env.tools={tools_file}"], script, n=4)
     assert all(c.finish_reason == "stop" for c in groups[0])
