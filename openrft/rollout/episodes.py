@@ -143,6 +143,7 @@ class EpisodeSetup:
     limits: EpisodeLimits
     runner: Runner
     end_token_ids: frozenset[int]
+    stop: tuple[str, ...] = ()  # stop strings: a turn's text ends before them
 
 
 class _EpisodeState:
@@ -266,6 +267,18 @@ def _reset(example: Example, setup: EpisodeSetup) -> tuple[Any, Any]:
     return env, reset
 
 
+def _raw_text(turn: Completion, setup: EpisodeSetup) -> str:
+    """The turn's text with special tokens kept (Qwen's <tool_call> is one) and the end of
+    turn dropped: what the tool-call parser reads. Cut before a stop string, as turn.text."""
+    ids = [t for t in turn.token_ids if t not in setup.end_token_ids]
+    text = setup.tokenizer.decode(ids, skip_special_tokens=False)
+    for stop in setup.stop:
+        cut = text.find(stop)
+        if cut >= 0:
+            text = text[:cut]
+    return text
+
+
 def _done(value: Continuation | None = None) -> Future:
     future: Future = Future()
     future.set_result(value)
@@ -275,8 +288,7 @@ def _done(value: Continuation | None = None) -> Future:
 def _respond(state: _EpisodeState, turn: Completion, setup: EpisodeSetup) -> Future:
     """Record the turn, and answer it: None (the episode is over) or a Continuation."""
     limits = setup.limits
-    text = turn.text
-    parsed = setup.parser(text)
+    parsed = setup.parser(_raw_text(turn, setup))
     state.tokens += len(turn.token_ids)
     if state.finish is not None:  # the environment failed to start: end at once
         state.turns.append(Turn(turn, parsed.message()))

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from openrft.config import EnvConfig, JobConfig
 from openrft.data import encode_prompt
+from openrft.errors import ConfigError
 from openrft.rollout.bridge import ChatBridge
 from openrft.rollout.environment import (
     Runner,
@@ -34,6 +36,32 @@ from openrft.rollout.tools import ToolBox
 from openrft.types import Completion, Example, Grade, Sample
 
 CUT_REASONS = ("max_turns", "length", "timeout")  # limits that cut an episode short
+BUILTIN = "builtin:"
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # built-in tools and environments
+
+
+def builtin_tools(spec: str) -> str:
+    """`builtin:<name>` -> openrft's own tools file of that name; other values unchanged."""
+    if not spec.startswith(BUILTIN):
+        return spec
+    path = RECIPES / "tools" / f"{spec.removeprefix(BUILTIN)}.py"
+    if not path.is_file():
+        known = ", ".join(f"{BUILTIN}{p.stem}" for p in sorted((RECIPES / "tools").glob("*.py")))
+        raise ConfigError("env.tools", f"unknown built-in tools {spec!r}; choices: {known}")
+    return str(path)
+
+
+def builtin_environment(spec: str) -> str:
+    """`builtin:<name>` -> openrft's own environment file of that name, `:make_env`."""
+    if not spec.startswith(BUILTIN):
+        return spec
+    path = RECIPES / "envs" / f"{spec.removeprefix(BUILTIN)}.py"
+    if not path.is_file():
+        known = ", ".join(f"{BUILTIN}{p.stem}" for p in sorted((RECIPES / "envs").glob("*.py")))
+        raise ConfigError(
+            "env.environment", f"unknown built-in environment {spec!r}; choices: {known}"
+        )
+    return f"{path}:make_env"
 
 
 @dataclass
@@ -96,7 +124,10 @@ def episode_job(
     tools: ToolBox | None = None
     if env.tools or env.tool_endpoints:
         tools = ToolBox(
-            env.tools or None, env.tool_endpoints, env.tool_timeout_s, env.max_concurrent
+            builtin_tools(env.tools) or None,
+            env.tool_endpoints,
+            env.tool_timeout_s,
+            env.max_concurrent,
         )
         parser_name, parser = parser_for(env.tool_parser, getattr(tokenizer, "chat_template", ""))
 
@@ -104,7 +135,7 @@ def episode_job(
             return ToolEnvironment(tools, example.metadata.get("tools") or ())
 
     else:
-        factory = load_environment_factory(env.environment)
+        factory = load_environment_factory(builtin_environment(env.environment))
         if env.tool_parser == "auto":  # an environment reads the turn's text itself
             parser_name, parser = "none", ParsedTurn
         else:
@@ -137,6 +168,7 @@ def episode_job(
         limits,
         Runner(env.max_concurrent),
         end_token_ids,
+        config.rollout.stop,
     )
     return EpisodeJob(setup, env, tools, parser_name)
 

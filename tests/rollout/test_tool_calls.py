@@ -71,3 +71,13 @@ def test_parser_for_reads_the_template():
         parser_for("auto", CHATML)
     with pytest.raises(ConfigError, match="unknown parser"):
         parser_for("mistral", CHATML_TOOLS)
+
+
+def test_hermes_reads_a_bare_call_without_its_tags():
+    bare = '{"name": "multiply", "arguments": {"a": 3, "b": 4}}'
+    for text in (bare, f"```json\n{bare}\n```", f"  {bare}\n"):
+        turn = parse_hermes(text)
+        assert [(c.name, c.arguments) for c in turn.calls] == [("multiply", {"a": 3, "b": 4})]
+    # JSON that is not exactly a call stays text
+    assert parse_hermes('{"name": "x"}').calls == ()
+    assert parse_hermes('The call {"name": "f", "arguments": {}} is shown').calls == ()

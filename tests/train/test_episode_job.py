@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from openrft.config import AlgoConfig, EnvConfig
 from openrft.errors import ConfigError
 from openrft.rollout.episodes import Episode, Turn
 from openrft.train.loop import train
 from openrft.train.rows import compute_advantages, training_rows
-from openrft.config import AlgoConfig, EnvConfig
 from openrft.types import Completion, Example, Grade, RolloutGroup
 
 from .helpers import tiny_job
