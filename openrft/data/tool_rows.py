@@ -10,15 +10,27 @@ from typing import Any
 import jsonschema
 
 
+def chat_tool(tool: Any) -> Any:
+    """A tool schema in the Chat Completions shape chat templates read: {"type":
+    "function", "function": {...}}. The flat shape of the Responses API and agent RFT
+    ({"type": "function", "name", "parameters"}) is nested; anything else is returned as is."""
+    if isinstance(tool, dict) and "function" not in tool and "name" in tool:
+        return {"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
+    return tool
+
+
 def tool_schema_problems(tools: Any) -> list[tuple[str, str]]:
     """(field, message) for a row's `tools`: a list of {"type": "function", "function":
-    {"name", "description"?, "parameters": a JSON Schema}}."""
+    {"name", "description"?, "parameters": a JSON Schema}} (or the flat {"type", "name",
+    "parameters"} shape)."""
     if not isinstance(tools, list):
         return [("tools", "must be a list of tool schemas")]
     problems = []
     names = set()
     for i, tool in enumerate(tools):
         field = f"tools[{i}]"
+        flat = isinstance(tool, dict) and "function" not in tool and "name" in tool
+        tool = chat_tool(tool)
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
             problems.append((field, 'must be {"type": "function", "function": {...}}'))
@@ -26,22 +38,24 @@ def tool_schema_problems(tools: Any) -> list[tuple[str, str]]:
         if not isinstance(function, dict):
             problems.append((f"{field}.function", "missing; it holds name and parameters"))
             continue
+        if not flat:  # the flat shape's fields sit on the tool itself
+            field = f"{field}.function"
         name = function.get("name")
         if not isinstance(name, str) or not name.strip():
-            problems.append((f"{field}.function.name", "must be a non-empty string"))
+            problems.append((f"{field}.name", "must be a non-empty string"))
         elif name in names:
-            problems.append((f"{field}.function.name", f"{name!r} is declared twice"))
+            problems.append((f"{field}.name", f"{name!r} is declared twice"))
         names.add(name)
         parameters = function.get("parameters", {"type": "object"})
         if not isinstance(parameters, dict):
-            problems.append((f"{field}.function.parameters", "must be a JSON Schema object"))
+            problems.append((f"{field}.parameters", "must be a JSON Schema object"))
             continue
         try:
             jsonschema.Draft202012Validator.check_schema(parameters)
         except jsonschema.SchemaError as error:
             where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.path)
             problems.append(
-                (f"{field}.function.parameters{where}", f"not valid JSON Schema: {error.message}")
+                (f"{field}.parameters{where}", f"not valid JSON Schema: {error.message}")
             )
     return problems
 

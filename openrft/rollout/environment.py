@@ -18,20 +18,18 @@ and ends the episode at the first turn without calls (the model's answer).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 import inspect
 import math
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from openrft.errors import ConfigError
 from openrft.rollout.tool_calls import ParsedTurn
-from openrft.rollout.tools import ToolBox
+from openrft.rollout.tools import ToolBox, import_user_file
 
 
 @dataclass(frozen=True)
@@ -210,17 +208,7 @@ def load_environment_factory(reference: str) -> Callable[[dict[str, Any]], Any]:
     if not path or not name:
         raise ConfigError("env.environment", f"{reference!r}: use file.py:make_env")
     if path.endswith(".py"):
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError("env.environment", f"file not found: {file}")
-        spec = importlib.util.spec_from_file_location(f"openrft_env_{file.stem}", file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(file.resolve().parent))
-        try:
-            spec.loader.exec_module(module)
-        except Exception as error:
-            raise ConfigError("env.environment", f"{file} failed to import: {error!r}") from error
+        module = import_user_file(path, "env.environment")
     else:
         try:
             module = importlib.import_module(path)

@@ -105,23 +105,11 @@ def _decode_chunk(engine, prompts, params: SamplingParams, respond: Respond, gen
             chunks.append([turn_tokens[seq][-1], *continuation.token_ids])
             caps[seq] = continuation.max_new_tokens
             turn_tokens[seq] = []
-        tokens_B_K, real_B_K = _left_padded(chunks, engine.pad_id, device)
+        tokens_B_K, attention_B_K = left_pad(chunks, engine.pad_id, device)
+        real_B_K = attention_B_K.bool()
         # Real tokens continue each row's positions; padding repeats the position before.
         positions_B_K = position_B[:, None] + (real_B_K.long().cumsum(-1) - 1).clamp(min=0)
         positions_B_K = torch.where(real_B_K, positions_B_K, position_B[:, None])
         logits_B_V = decoder.extend(tokens_B_K, real_B_K, positions_B_K)
         position_B = position_B + real_B_K.long().sum(-1)
         decoding = set(active)
-
-
-def _left_padded(
-    chunks: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K) token ids padded on the left and the mask of real ones."""
-    width = max(len(c) for c in chunks)
-    tokens = torch.full((len(chunks), width), pad_id, dtype=torch.long, device=device)
-    real = torch.zeros((len(chunks), width), dtype=torch.bool, device=device)
-    for row, chunk in enumerate(chunks):
-        tokens[row, width - len(chunk) :] = torch.tensor(chunk, dtype=torch.long)
-        real[row, width - len(chunk) :] = True
-    return tokens, real

@@ -132,21 +132,29 @@ def function_schema(function: Callable[..., Any]) -> dict[str, Any]:
     }
 
 
-def load_tool_functions(path: str | Path) -> dict[str, Callable[..., Any]]:
-    """The public functions a tools file defines (not those it imports), by name."""
+def import_user_file(path: str | Path, field: str) -> types.ModuleType:
+    """A user's Python file as a module (its folder importable while it loads, so it can
+    import its neighbours); a ConfigError naming `field` when it is missing or fails."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError("env.tools", f"tools file not found: {file}")
-    spec = importlib.util.spec_from_file_location(f"openrft_tools_{file.stem}", file)
+        raise ConfigError(field, f"file not found: {file}")
+    spec = importlib.util.spec_from_file_location(f"openrft_user_{file.stem}", file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(file.resolve().parent))
+    folder = str(file.resolve().parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as error:
-        raise ConfigError("env.tools", f"{file} failed to import: {error!r}") from error
+        raise ConfigError(field, f"{file} failed to import: {error!r}") from error
     finally:
-        sys.path.remove(str(file.resolve().parent))
+        sys.path.remove(folder)
+    return module
+
+
+def load_tool_functions(path: str | Path) -> dict[str, Callable[..., Any]]:
+    """The public functions a tools file defines (not those it imports), by name."""
+    module = import_user_file(path, "env.tools")
     functions = {
         name: value
         for name, value in vars(module).items()
@@ -155,7 +163,7 @@ def load_tool_functions(path: str | Path) -> dict[str, Callable[..., Any]]:
         and value.__module__ == module.__name__
     }
     if not functions:
-        raise ConfigError("env.tools", f"{file} defines no public functions to use as tools")
+        raise ConfigError("env.tools", f"{path} defines no public functions to use as tools")
     return functions
 
 

@@ -22,6 +22,7 @@ import torch
 
 from openrft.config import EnvConfig, JobConfig
 from openrft.data import encode_prompt
+from openrft.data.tool_rows import chat_tool
 from openrft.errors import ConfigError
 from openrft.rollout.bridge import ChatBridge
 from openrft.rollout.environment import (
@@ -40,28 +41,16 @@ BUILTIN = "builtin:"
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # built-in tools and environments
 
 
-def builtin_tools(spec: str) -> str:
-    """`builtin:<name>` -> openrft's own tools file of that name; other values unchanged."""
+def builtin_file(spec: str, kind: str, field: str) -> str:
+    """`builtin:<name>` -> openrft's own file of that name under recipes/<kind>/; other
+    values unchanged."""
     if not spec.startswith(BUILTIN):
         return spec
-    path = RECIPES / "tools" / f"{spec.removeprefix(BUILTIN)}.py"
+    path = RECIPES / kind / f"{spec.removeprefix(BUILTIN)}.py"
     if not path.is_file():
-        known = ", ".join(f"{BUILTIN}{p.stem}" for p in sorted((RECIPES / "tools").glob("*.py")))
-        raise ConfigError("env.tools", f"unknown built-in tools {spec!r}; choices: {known}")
+        known = ", ".join(f"{BUILTIN}{p.stem}" for p in sorted((RECIPES / kind).glob("*.py")))
+        raise ConfigError(field, f"unknown built-in {spec!r}; choices: {known}")
     return str(path)
-
-
-def builtin_environment(spec: str) -> str:
-    """`builtin:<name>` -> openrft's own environment file of that name, `:make_env`."""
-    if not spec.startswith(BUILTIN):
-        return spec
-    path = RECIPES / "envs" / f"{spec.removeprefix(BUILTIN)}.py"
-    if not path.is_file():
-        known = ", ".join(f"{BUILTIN}{p.stem}" for p in sorted((RECIPES / "envs").glob("*.py")))
-        raise ConfigError(
-            "env.environment", f"unknown built-in environment {spec!r}; choices: {known}"
-        )
-    return f"{path}:make_env"
 
 
 @dataclass
@@ -97,7 +86,7 @@ def row_tools(example: Example, tools: ToolBox | None) -> list[dict[str, Any]] |
     file's (declared once, for every row), else none."""
     own = example.metadata.get("tools")
     if own:
-        return list(own)
+        return [chat_tool(tool) for tool in own]
     if tools is not None and tools.schemas:
         return list(tools.schemas.values())
     return None
@@ -124,7 +113,7 @@ def episode_job(
     tools: ToolBox | None = None
     if env.tools or env.tool_endpoints:
         tools = ToolBox(
-            builtin_tools(env.tools) or None,
+            builtin_file(env.tools, "tools", "env.tools") or None,
             env.tool_endpoints,
             env.tool_timeout_s,
             env.max_concurrent,
@@ -132,10 +121,13 @@ def episode_job(
         parser_name, parser = parser_for(env.tool_parser, getattr(tokenizer, "chat_template", ""))
 
         def make_env(example: Example) -> Any:
-            return ToolEnvironment(tools, example.metadata.get("tools") or ())
+            return ToolEnvironment(tools, row_tools(example, None) or ())
 
     else:
-        factory = load_environment_factory(builtin_environment(env.environment))
+        reference = env.environment
+        if reference.startswith(BUILTIN):  # a built-in environment's factory is make_env
+            reference = builtin_file(reference, "envs", "env.environment") + ":make_env"
+        factory = load_environment_factory(reference)
         if env.tool_parser == "auto":  # an environment reads the turn's text itself
             parser_name, parser = "none", ParsedTurn
         else:

@@ -134,8 +134,11 @@ def test_same_reference_answer_in_both_places_is_fine(tmp_path: Path) -> None:
 
 
 def test_tool_and_system_roles_are_allowed(tmp_path: Path) -> None:
-    tool = {"role": "tool", "content": "42"}
-    path = write_jsonl(tmp_path / "a.jsonl", [msgs(SYSTEM, USER, ASSISTANT, tool)])
+    # a tool turn answers an assistant's call by its id (tests/data/test_tool_rows.py)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    assistant = {**ASSISTANT, "tool_calls": [call]}
+    tool = {"role": "tool", "tool_call_id": "c1", "content": "42"}
+    path = write_jsonl(tmp_path / "a.jsonl", [msgs(SYSTEM, USER, assistant, tool)])
     [example] = load_examples(path)
     assert [m["role"] for m in example.messages] == ["system", "user", "assistant", "tool"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from openrft.models.load import load_model
-from openrft.rollout.episodes import Continuation
+from openrft.rollout.episodes import Continuation, generate_by_reprefill
 from openrft.rollout.hf_engine import HFEngine, left_pad
 from openrft.types import SamplingParams
 from rollout.test_hf_engine import _reinit
@@ -140,3 +140,16 @@ def test_waiting_rows_do_not_stall_on_each_other(loaded, engine):
     engine.generate_episodes(prompts, params, env)
     single = engine.generate(prompts, params)
     assert [env.sampled[i][0] for i in range(3)] == [list(g[0].token_ids) for g in single]
+
+
+def test_reprefill_gives_what_kv_continuation_gives(loaded, engine):
+    """The path of engines without KV continuation (vLLM): every turn a token-id prompt of the
+    whole history. Greedy, it samples the very turns the continued cache samples."""
+    _, tokenizer = loaded
+    prompts = [tokenizer(t)["input_ids"] for t in PROMPTS]
+    chunks = {0: [20, 21, 22], 2: [30], 3: [40, 41, 42, 43, 44], 4: [50, 51], 5: [7]}
+    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=5)
+    continued, reprefilled = Scripted(chunks), Scripted(chunks)
+    engine.generate_episodes(prompts, params, continued)
+    generate_by_reprefill(engine, prompts, params, reprefilled)
+    assert reprefilled.sampled == continued.sampled
