@@ -69,10 +69,16 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
     assert (killed_dir / "final" / "adapter_model.safetensors").exists()
 
 
+# Steps enough that the job cannot finish between its first rollout record and the signal
+# (with 4, a fast machine once finished all of them first: exit 0 instead of 75).
+STEPS = 8
+
+
 def test_sigterm_stops_after_a_checkpoint_and_resumes(tmp_path, tiny_model_dir):
     config = tiny_job(
-        tmp_path, tiny_model_dir, "train.max_steps=4", "eval.interval=0", "checkpoint.interval=100"
-    )
+        tmp_path, tiny_model_dir, f"train.max_steps={STEPS}", "eval.interval=0",
+        "checkpoint.interval=100",
+    )  # fmt: skip
     reference_dir = tmp_path / "uninterrupted"
     train(config, reference_dir, show_progress=False)
 
@@ -91,7 +97,7 @@ def test_sigterm_stops_after_a_checkpoint_and_resumes(tmp_path, tiny_model_dir):
     assert "resume with" in stdout
     status = json.loads((run_dir / "status.json").read_text())
     stopped_at = status["step"]
-    assert status["stage"] == "stopped" and 1 <= stopped_at < 4
+    assert status["stage"] == "stopped" and 1 <= stopped_at < STEPS
     assert (
         run_dir / "checkpoints" / f"step-{stopped_at}"
     ).exists()  # checkpointed despite interval
@@ -102,7 +108,7 @@ def test_sigterm_stops_after_a_checkpoint_and_resumes(tmp_path, tiny_model_dir):
     )
     assert resumed.returncode == 0, resumed.stderr
     expected, got = metrics_by_step(reference_dir), metrics_by_step(run_dir)
-    assert sorted(got) == [0, 1, 2, 3, 4]
-    for step in range(1, 5):
+    assert sorted(got) == list(range(STEPS + 1))
+    for step in range(1, STEPS + 1):
         assert got[step]["loss/total"] == expected[step]["loss/total"], step
     assert json.loads((run_dir / "status.json").read_text())["stage"] == "completed"
