@@ -177,9 +177,27 @@ def _gsm8k_row(doc_id: int, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 ARITHMETIC_INSTRUCTION = (
-    "\n\nUse the calculator tools for every operation, then give the final answer on the last "
-    "line as '#### <number>'."
+    "\n\nUse the calculator tools: one call per step. When the last tool result is the "
+    "answer, stop calling tools and reply with the line '#### <number>'."
 )
+
+
+def _call(call_id: str, name: str, a: int, b: int) -> dict[str, Any]:
+    arguments = json.dumps({"a": a, "b": b})
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# One worked episode before each question, in the row's own messages (tool turns included):
+# without it Qwen2.5-Coder-0.5B never stops calling tools, or answers without them (0 of 64
+# samples right); with it about a quarter are right, which gives GRPO its signal.
+ARITHMETIC_EXAMPLE = [
+    {"role": "user", "content": "What is 213 * 41 + 1000?" + ARITHMETIC_INSTRUCTION},
+    {"role": "assistant", "content": "", "tool_calls": [_call("ex0", "multiply", 213, 41)]},
+    {"role": "tool", "tool_call_id": "ex0", "content": "8733"},
+    {"role": "assistant", "content": "", "tool_calls": [_call("ex1", "add", 8733, 1000)]},
+    {"role": "tool", "tool_call_id": "ex1", "content": "9733"},
+    {"role": "assistant", "content": "#### 9733"},
+]
 
 
 def _calculator_tool(name: str, description: str) -> dict[str, Any]:
@@ -223,7 +241,10 @@ def _arithmetic_rows(_: Path | None, count: int = 1000, seed: int = 0) -> list[d
         rows.append(
             {
                 "id": f"arithmetic-{index}",
-                "messages": [{"role": "user", "content": question + ARITHMETIC_INSTRUCTION}],
+                "messages": [
+                    *ARITHMETIC_EXAMPLE,
+                    {"role": "user", "content": question + ARITHMETIC_INSTRUCTION},
+                ],
                 "reference_answer": str(answer),
                 "tools": CALCULATOR_TOOLS,
             }

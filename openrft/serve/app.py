@@ -2,11 +2,12 @@
 GGUF), optionally with a PEFT adapter such as a training checkpoint.
 
 Endpoints: GET /v1/models, POST /v1/chat/completions (n, temperature, top_p, max_tokens or
-max_completion_tokens, stop, seed, stream, metadata). Generation runs in a worker thread, one
-batch at a time, so the event loop keeps answering; concurrent requests that sample alike are
-batched together (openrft.serve.batching). With `log_path`, every request is logged as a JSON
-line (openrft.serve.invocations). Run it with `serve(...)`, or mount `create_app(...)` in any
-ASGI server. Bad requests get 400 with an OpenAI-style error object.
+max_completion_tokens, stop, seed, stream, metadata, and tools with tool_choice: see
+openrft.serve.tools). Generation runs in a worker thread, one batch at a time, so the event
+loop keeps answering; concurrent requests that sample alike are batched together
+(openrft.serve.batching). With `log_path`, every request is logged as a JSON line
+(openrft.serve.invocations). Run it with `serve(...)`, or mount `create_app(...)` in any ASGI
+server. Bad requests get 400 with an OpenAI-style error object.
 """
 
 from __future__ import annotations
@@ -32,16 +33,25 @@ from openrft.data.render import encode_prompt
 from openrft.errors import ModelError
 from openrft.models.load import load_model
 from openrft.rollout.hf_engine import HFEngine
+from openrft.rollout.tool_calls import ToolCallParser
 from openrft.serve.batching import Batcher, BatchResult
 from openrft.serve.invocations import InvocationLog
+from openrft.serve.tools import (
+    ToolRequest,
+    ToolRequestError,
+    assistant_message,
+    parse_tools,
+    tool_call_deltas,
+    tool_message_fields,
+    tool_parser,
+)
 from openrft.types import Completion, Message, SamplingParams
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_N = 16  # completions per request
 MAX_STOP = 4  # stop strings per request (OpenAI's limit)
 MAX_METADATA = 16  # metadata pairs per request (OpenAI's limit)
 DEFAULT_MAX_TOKENS = 256  # when the request sets no cap
-UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call")  # refused, not ignored
 
 
 class RequestError(Exception):
@@ -65,15 +75,17 @@ class ChatRequest:
     include_usage: bool  # stream_options.include_usage: a last chunk with the usage
     seeded: bool = False  # the client set a seed: the request runs in a batch of its own
     metadata: Mapping[str, str] = field(default_factory=dict)  # tags for the invocation log
+    tools: ToolRequest | None = None  # `tools` and `tool_choice` (openrft.serve.tools)
 
 
 def parse_request(body: Any) -> ChatRequest:
     """Checks a request body; raises RequestError naming the offending parameter."""
     if not isinstance(body, Mapping):
         raise RequestError("the request body must be a JSON object")
-    for key in UNSUPPORTED:
-        if body.get(key):
-            raise RequestError(f"'{key}' is not supported by this server", key)
+    try:
+        tools = parse_tools(body)
+    except ToolRequestError as error:
+        raise RequestError(error.message, error.param) from error
     if body.get("logprobs"):
         raise RequestError("'logprobs' is not supported by this server", "logprobs")
     messages = _messages(body.get("messages"))
@@ -102,6 +114,7 @@ def parse_request(body: Any) -> ChatRequest:
         bool(options.get("include_usage")),
         seeded=seed is not None,
         metadata=_metadata(body),
+        tools=tools,
     )
 
 
@@ -133,6 +146,12 @@ def _messages(value: Any) -> tuple[Message, ...]:
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise RequestError(f"{where}.role {role!r} is not one of: {', '.join(ROLES)}", where)
+        try:
+            extra = tool_message_fields(where, message)
+        except ToolRequestError as error:
+            raise RequestError(error.message, error.param) from error
+        if content is None and "tool_calls" in extra:
+            content = ""  # an assistant turn of calls alone
         if isinstance(content, list):  # content parts: only text ones
             texts = [p.get("text") for p in content if isinstance(p, Mapping)]
             if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
@@ -141,7 +160,8 @@ def _messages(value: Any) -> tuple[Message, ...]:
         if not isinstance(content, str):
             raise RequestError(f"{where}.content must be a string", where)
         # Chat templates rarely know OpenAI's newer "developer" role; it means "system".
-        messages.append({"role": "system" if role == "developer" else role, "content": content})
+        role = "system" if role == "developer" else role
+        messages.append({"role": role, "content": content, **extra})  # type: ignore[typeddict-item]
     return tuple(messages)
 
 
@@ -190,7 +210,10 @@ class ChatModel:
 
     def prepare(self, request: ChatRequest) -> tuple[list[int], SamplingParams]:
         """The prompt's token ids and the sampling parameters, the cap fitted to the context."""
-        prompt = encode_prompt(request.messages, self.tokenizer, self.chat_template)
+        tools = request.tools.shown if request.tools else ()
+        if tools:
+            self.parser()  # a model that cannot take tools: 400 before generating
+        prompt = encode_prompt(request.messages, self.tokenizer, self.chat_template, tools)
         room = self.context - len(prompt)
         params = request.params
         if params.max_new_tokens > room:
@@ -203,6 +226,22 @@ class ChatModel:
                 )
             params = replace(params, max_new_tokens=room)
         return prompt, params
+
+    def parser(self) -> ToolCallParser:
+        try:
+            return tool_parser(getattr(self.tokenizer, "chat_template", None))
+        except ToolRequestError as error:
+            raise RequestError(error.message, error.param) from error
+
+    def reply(self, completion: Completion, request: ChatRequest) -> tuple[dict[str, Any], str]:
+        """The choice's message and finish reason: with tools shown, calls the model made
+        are returned as `tool_calls` (finish reason "tool_calls")."""
+        if not (request.tools and request.tools.shown):
+            return {"role": "assistant", "content": completion.text}, completion.finish_reason
+        ends = self.engine.end_token_ids
+        raw = self.tokenizer.decode([t for t in completion.token_ids if t not in ends])
+        message, calls = assistant_message(self.parser()(raw), completion.text)
+        return message, "tool_calls" if calls else completion.finish_reason
 
     def generate(self, prompt: list[int], params: SamplingParams) -> list[Completion]:
         return self.engine.generate([prompt], params)[0]
@@ -294,7 +333,8 @@ def build_app(chat: ChatModel, log: InvocationLog | None = None, max_batch: int 
                 record_id = f"chatcmpl-{uuid.uuid4().hex}"
                 log.write(record_id, chat.model_id, body, meta, None, error, timing, None)
             raise
-        reply = _completion_body(chat.model_id, len(prompt), result.completions)
+        replies = [chat.reply(c, parsed) for c in result.completions]
+        reply = _completion_body(chat.model_id, len(prompt), result.completions, replies)
         if log is not None:
             _log_reply(log, chat.model_id, body, parsed, reply, result, started)
         if not parsed.stream:
@@ -337,16 +377,16 @@ def _error(status: int, message: str, param: str | None, code: str | None) -> JS
     return JSONResponse({"error": error}, status_code=status)
 
 
-def _completion_body(model_id: str, prompt_tokens: int, completions: list[Completion]) -> dict:
+def _completion_body(
+    model_id: str,
+    prompt_tokens: int,
+    completions: list[Completion],
+    replies: list[tuple[dict[str, Any], str]],
+) -> dict:
     completion_tokens = sum(len(c.token_ids) for c in completions)
     choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": c.text},
-            "finish_reason": c.finish_reason,
-            "logprobs": None,
-        }
-        for i, c in enumerate(completions)
+        {"index": i, "message": message, "finish_reason": reason, "logprobs": None}
+        for i, (message, reason) in enumerate(replies)
     ]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -374,7 +414,10 @@ def _chunks(reply: dict[str, Any], include_usage: bool) -> Iterator[str]:
 
     for choice in reply["choices"]:
         index, text = choice["index"], choice["message"]["content"]
-        for delta in ({"role": "assistant", "content": ""}, {"content": text}):
+        deltas = [{"role": "assistant", "content": ""}]
+        deltas += [{"content": text}] if text else []
+        deltas += tool_call_deltas(choice["message"])
+        for delta in deltas:
             yield event([{"index": index, "delta": delta, "finish_reason": None}])
         yield event([{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}])
     if include_usage:
