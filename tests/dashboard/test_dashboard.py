@@ -469,3 +469,62 @@ def test_rollout_filters_and_safe_dom(page):
     assert result["parts"] == "a\nb"
     assert result["html"] == "&lt;b&gt;x&lt;/b&gt;"
     assert result["refused"] is True
+
+
+def episode_record() -> dict:
+    """A rollouts.jsonl episode as openrft writes it (episode_record of a real Episode)."""
+    from openrft.rollout.episodes import Episode, Turn
+    from openrft.train.rollouts import episode_record as record
+    from openrft.types import Completion
+
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "multiply", "arguments": '{"a": 3, "b": 4}'}}  # fmt: skip
+    turns = (
+        Turn(Completion((1, 2), "", "stop"), {"role": "assistant", "content": "",
+             "tool_calls": [call]},
+             ({"role": "tool", "tool_call_id": "call_1", "name": "multiply", "content": "12"},),
+             (5,), reward=0.25, tool_calls=1),
+        Turn(Completion((3,), "", "stop"), {"role": "assistant", "content": f"use {XSS}",
+             "tool_calls": [{**call, "id": "call_2"}]},
+             ({"role": "tool", "tool_call_id": "call_2", "name": "multiply",
+               "content": "Error (timeout): no answer in 30 s"},),
+             (6,), reward=0.0, tool_calls=1, tool_errors={"timeout": 1}),
+        Turn(Completion((4,), "It is 12.", "stop"), {"role": "assistant", "content": "It is 12."},
+             reward=1.0),
+    )  # fmt: skip
+    episode = Episode(({"role": "user", "content": "3 * 4?"},), turns, "stop")
+    return {"text": "It is 12.", "score": 1.0, "finish_reason": "stop", "tokens": 7,
+            "advantage": 0.5, **record(episode)}  # fmt: skip
+
+
+EPISODE_VIEW = """
+async (completion) => {
+  const m = await import('/ui/js/episode.js');
+  const view = m.episodeView(completion);
+  document.body.appendChild(view);
+  const turns = [...view.querySelectorAll('.turn')];
+  return {
+    roles: turns.map(t => t.querySelector('.message-role').textContent),
+    rewards: [...view.querySelectorAll('.turn-reward')].map(c => c.textContent),
+    calls: [...view.querySelectorAll('.tool-call .tool-name')].map(c => c.textContent),
+    open: turns.filter(t => t.tagName === 'DETAILS').map(t => t.open),
+    errors: [...view.querySelectorAll('.tool-error .chip-error')].map(c => c.textContent),
+    stats: view.querySelector('.episode-stats').textContent,
+    injected: view.querySelectorAll('img').length,
+  };
+}
+"""
+
+
+def test_rollout_viewer_shows_an_episode_turn_by_turn(page):
+    result = page.evaluate(EPISODE_VIEW, episode_record())
+    assert result["roles"] == [
+        "assistant · turn 1", "tool result · multiply", "assistant · turn 2",
+        "tool result · multiply", "assistant · turn 3",
+    ]  # fmt: skip
+    assert result["rewards"] == ["reward 0.25", "reward 0", "reward 1"]
+    assert result["calls"] == ["call multiply", "call multiply"]
+    assert result["open"] == [False, True]  # results folded; the failed call shown open
+    assert result["errors"] == ["timeout"]
+    assert "3 turns · 2 tool calls" in result["stats"] and "timeout ×1" in result["stats"]
+    assert result["injected"] == 0  # model text stays text

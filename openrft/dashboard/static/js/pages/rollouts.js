@@ -1,6 +1,7 @@
 /**
  * The rollout viewer (job page, "Rollouts" tab): pick a step, read each prompt with its G
- * completions (text, score, components, advantage, finish reason, grader error) and filter
+ * completions (text, score, components, advantage, finish reason, grader error; an episode
+ * turn by turn, openrft/dashboard/static/js/episode.js) and filter
  * to groups without learning signal, groups with errors, or a text search.
  * Completions are untrusted model output: every string goes through text nodes.
  * @module pages/rollouts
@@ -8,6 +9,7 @@
 
 import { get, jobPath } from "../api.js";
 import { h, replace } from "../dom.js";
+import { episodeView } from "../episode.js";
 import { num } from "../format.js";
 import {
   answerText,
@@ -80,9 +82,11 @@ function completionCard(completion, index) {
           h("span", { class: "error-message" }, error.message || ""),
         )
       : null,
-    text
-      ? h("pre", { class: "completion-text" }, text)
-      : h("pre", { class: "completion-text empty-text" }, "(empty completion)"),
+    completion.messages
+      ? episodeView(completion)
+      : text
+        ? h("pre", { class: "completion-text" }, text)
+        : h("pre", { class: "completion-text empty-text" }, "(empty completion)"),
   );
 }
 
