@@ -165,6 +165,7 @@ class CheckpointConfig:
 class EnvConfig:
     tools: str = ""  # Python file whose public functions are tools (docs/agentic.md); "" = none
     tool_endpoints: dict[str, str] = field(default_factory=dict)  # tool name -> HTTP URL to POST
+    tool_headers: dict[str, str] = field(default_factory=dict)  # sent with every endpoint call
     environment: str = ""  # file.py:make_env (or module:make_env) answering assistant turns
     tool_parser: str = "auto"  # auto (from the chat template), hermes or llama3_json
     max_turns: int = 6  # assistant turns per episode

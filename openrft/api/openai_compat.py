@@ -128,6 +128,7 @@ def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         _set(raw, "data.validation_file", body["validation_file"])
     if body.get("seed") is not None:
         _set(raw, "train.seed", body["seed"])
+    _agent_tools(raw, settings)
     hyper = settings.get("hyperparameters") or {}
     for name, value in hyper.items():
         if value == "auto" or value is None:
@@ -144,6 +145,34 @@ def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         except ValueError as exc:
             raise ConfigError(f"{HYPER}.{name}", str(exc)) from exc
     return raw, grader
+
+
+def _agent_tools(raw: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Agent RFT (Azure's preview): `reinforcement.tools: [{name, server_url, headers}]` as
+    tool endpoints openrft calls during episodes, `max_episode_steps` as env.max_turns."""
+    tools = settings.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not tools:
+            raise ConfigError("method.reinforcement.tools", "must be a list of tools")
+        endpoints: dict[str, str] = {}
+        headers: dict[str, str] = {}
+        for i, tool in enumerate(tools):
+            where = f"method.reinforcement.tools[{i}]"
+            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                raise ConfigError(where, "needs a name and a server_url")
+            url = tool.get("server_url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.server_url", f"{url!r} is not an http(s) URL")
+            endpoints[tool["name"]] = url
+            for key, value in (tool.get("headers") or {}).items():
+                if headers.get(key, value) != value:
+                    raise ConfigError(f"{where}.headers", f"{key} differs between tools")
+                headers[key] = str(value)
+        _set(raw, "env.tool_endpoints", endpoints)
+        if headers:
+            _set(raw, "env.tool_headers", headers)
+    if settings.get("max_episode_steps") is not None:
+        _set(raw, "env.max_turns", settings["max_episode_steps"])
 
 
 def check_grader(spec: dict[str, Any]) -> None:

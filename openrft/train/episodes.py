@@ -117,6 +117,7 @@ def episode_job(
             env.tool_endpoints,
             env.tool_timeout_s,
             env.max_concurrent,
+            env.tool_headers,
         )
         parser_name, parser = parser_for(env.tool_parser, getattr(tokenizer, "chat_template", ""))
 

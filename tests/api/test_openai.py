@@ -129,3 +129,32 @@ def wait_status(client: OpenAI, job_id: str, status: str):
         return job if job.status == status else None
 
     return wait_for(check, what=f"{job_id} to be {status}")
+
+
+def test_agent_rft_tools_become_tool_endpoints():
+    """Azure's agent RFT preview: reinforcement.tools [{name, server_url, headers}] and
+    max_episode_steps map onto env.tool_endpoints, env.tool_headers and env.max_turns."""
+    from openrft.api.openai_compat import openai_config
+    from openrft.config import config_from_dict
+    from openrft.errors import ConfigError
+
+    method = reinforcement()
+    method["reinforcement"] |= {
+        "tools": [
+            {"name": "search", "server_url": "https://tools.local/search",
+             "headers": {"Authorization": "Bearer t"}},
+            {"name": "lookup", "server_url": "http://127.0.0.1:9/lookup"},
+        ],
+        "max_episode_steps": 5,
+    }  # fmt: skip
+    body = {"model": "m", "training_file": "file-1", "method": method}
+    raw, _ = openai_config(body)
+    env = config_from_dict(raw).env
+    assert env.tool_endpoints == {
+        "search": "https://tools.local/search",
+        "lookup": "http://127.0.0.1:9/lookup",
+    }
+    assert env.tool_headers == {"Authorization": "Bearer t"} and env.max_turns == 5
+    method["reinforcement"]["tools"] = [{"name": "x", "server_url": "ftp://nope"}]
+    with pytest.raises(ConfigError, match=r"tools\[0\].server_url"):
+        openai_config(body)
