@@ -46,6 +46,7 @@ TRAIN_TOKENS_PER_S = "throughput/train_tokens_per_s"
 EPISODE_TURNS = "episode/turns_mean"  # assistant turns per episode
 EPISODE_TOOL_CALLS = "episode/tool_calls_mean"  # tool calls per episode
 EPISODE_TOOL_ERRORS = "episode/tool_errors"  # failed tool calls this step; by kind below it
+EPISODE_TOOL_ERROR_RATE = "episode/tool_error_rate"  # failed calls / calls (0 without calls)
 EPISODE_TOOL_ERRORS_PREFIX = "episode/tool_errors/"  # + parse_error, unknown_tool, timeout, ...
 EPISODE_FINISH_PREFIX = "episode/finish/"  # + stop, length, max_turns, timeout, error: shares
 EPISODE_TOKENS = "episode/length_tokens_mean"  # tokens after the prompt, sampled + environment

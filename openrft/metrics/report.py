@@ -26,7 +26,13 @@ RL_PLOTS: tuple[Plot, ...] = (
         None,
     ),
     ("entropy.png", "Policy entropy (nats/token)", ["policy/entropy"], None),
-)
+    # Multi-turn jobs only (a plot with no points is left out):
+    ("tools.png", "Tool use per episode", ["episode/tool_calls_mean", "episode/tool_error_rate"],
+     None),
+    ("episodes.png", "Episodes: turns, and the share that ended each way",
+     ["episode/turns_mean", "episode/finish/stop", "episode/finish/max_turns",
+      "episode/finish/length", "episode/finish/error"], None),
+)  # fmt: skip
 SFT_PLOTS: tuple[Plot, ...] = (
     ("loss.png", "Training loss (assistant tokens, nats/token)", ["loss/total"], None),
     ("val_loss.png", "Validation loss (assistant tokens, nats/token)", ["val/loss"], None),

@@ -216,6 +216,7 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     """episode/*: turns, tool calls and errors (by kind), finish reasons, all tokens;
     reward/turn_mean where environments give per-turn rewards; time/env_s."""
     count = len(episodes)
+    calls = sum(e.tool_calls for e in episodes)
     errors = Counter()
     for episode in episodes:
         errors.update(episode.tool_errors())
@@ -223,6 +224,7 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
         names.EPISODE_TURNS: statistics.fmean(len(e.turns) for e in episodes),
         names.EPISODE_TOOL_CALLS: statistics.fmean(e.tool_calls for e in episodes),
         names.EPISODE_TOOL_ERRORS: sum(errors.values()),
+        names.EPISODE_TOOL_ERROR_RATE: sum(errors.values()) / max(1, calls),
         names.EPISODE_TOKENS: statistics.fmean(len(e.completion().token_ids) for e in episodes),
         names.ENV_S: sum(e.env_s for e in episodes),
     }

@@ -254,3 +254,32 @@ def test_a_bad_request_names_the_server_and_its_answer(served, tmp_path):
     policy, prompts, engine = lora_engine(served, tmp_path)
     with pytest.raises(RolloutError, match="answered 400"):
         engine.generate([list(range(5))], SamplingParams(n=1, max_new_tokens=100_000))
+
+
+@needs_vllm
+def test_greedy_episodes_match_the_in_process_engines_kv_continuation(served, tmp_path):
+    """Multi-turn on vLLM: each turn a token-id prompt of the whole history (no
+    re-tokenization). Greedy, its episodes are the in-process engine's, whose history lives
+    in its KV cache."""
+    from concurrent.futures import Future
+
+    from openrft.rollout.episodes import Continuation, generate_by_reprefill
+
+    policy, prompts, engine = lora_engine(served, tmp_path)
+    local = HFEngine(policy, engine.tokenizer)
+
+    def scripted(sampled: dict):
+        def respond(seq: int, turn) -> Future:
+            sampled.setdefault(seq, []).append(turn.token_ids)
+            future: Future = Future()
+            more = Continuation((20 + seq, 21, 22), 6) if len(sampled[seq]) < 3 else None
+            future.set_result(more)
+            return future
+
+        return respond
+
+    greedy = SamplingParams(n=2, temperature=0.0, max_new_tokens=6)
+    on_vllm, in_process = {}, {}
+    generate_by_reprefill(engine, prompts, greedy, scripted(on_vllm))
+    local.generate_episodes(prompts, greedy, scripted(in_process))
+    assert on_vllm == in_process and all(len(turns) == 3 for turns in on_vllm.values())

@@ -65,6 +65,9 @@ def test_an_environment_job_trains_on_episodes(tmp_path, tiny_model_dir, advanta
     if completion["turns"] > 1:
         assert completion["messages"][1] == {"role": "user", "content": "more "}
     assert step["policy/entropy"] > 0 and step["train/tokens_trained"] > 0
+    assert step["episode/tool_error_rate"] == 0
+    assert (run_dir / "episodes.png").stat().st_size > 1000  # plotted in the report
+    assert "episodes.png" in (run_dir / "report.md").read_text()
 
 
 def test_a_tool_job_on_a_model_without_tool_support_is_refused(tmp_path, tiny_model_dir):
