@@ -98,6 +98,9 @@ def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: floa
     )
     parser.add_argument("--max-new-tokens", type=_positive, default=64, help="generation cap")
     parser.add_argument(
+        "--stop", action="append", metavar="TEXT", help="a stop string (repeatable)"
+    )
+    parser.add_argument(
         "--success-threshold", type=float, default=1.0, help="a score >= this is a success"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -105,6 +108,14 @@ def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: floa
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-size", type=_positive, default=64, help="sequences per batch")
     parser.add_argument("--timeout", type=float, default=60.0, help="grader timeout per sample")
+    episodes = parser.add_argument_group("episodes (docs/agentic.md): as a job's [env] section")
+    episodes.add_argument("--tools", help="tools file (or builtin:calculator): run episodes")
+    episodes.add_argument("--environment", help="file.py:make_env (or builtin:NAME): run episodes")
+    episodes.add_argument("--max-turns", type=_positive, default=6, help="assistant turns (6)")
+    episodes.add_argument(
+        "--env-reward", default="episode", choices=["episode", "turns", "sum"],
+        help="the grade, the per-turn rewards' sum, or both (episode)",
+    )  # fmt: skip
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -174,14 +185,26 @@ def evaluate_model(
     from openrft.data import encode_prompt
     from openrft.evaluation.evaluate import evaluate
     from openrft.rollout.hf_engine import HFEngine
+    from openrft.train.episodes import row_tools
 
     name = model + (f" + {adapter}" if adapter else "")
     print(f"openrft: {name}: {len(examples)} prompts x {params.n} samples", file=sys.stderr)
     net, tokenizer, adapter_dir = load_eval_model(model, adapter, args.dtype)
-    prompt_ids = [encode_prompt(e.messages, tokenizer, args.chat_template) for e in examples]
     torch.manual_seed(params.seed)
     engine = HFEngine(net, tokenizer, args.batch_size)
-    result = evaluate(engine, examples, prompt_ids, params, grader, args.success_threshold)
+    job = episode_job_for(args, tokenizer, engine.end_token_ids)
+    tools = job.tools if job else None
+    prompt_ids = [
+        encode_prompt(
+            e.messages, tokenizer, args.chat_template, row_tools(e, tools) if job else None
+        )
+        for e in examples
+    ]
+    try:
+        result = evaluate(engine, examples, prompt_ids, params, grader, args.success_threshold, job)
+    finally:
+        if job is not None:
+            job.close()
     result.info.update(
         model=model,
         adapter=str(adapter_dir) if adapter_dir else None,
@@ -189,6 +212,26 @@ def evaluate_model(
         grader=args.grader,
     )
     return result
+
+
+def episode_job_for(args: argparse.Namespace, tokenizer: Any, end_token_ids: frozenset[int]):
+    """The episode machinery of `--tools` / `--environment` (None: single turns)."""
+    if not (getattr(args, "tools", None) or getattr(args, "environment", None)):
+        return None
+    from openrft.config import load_config
+    from openrft.train.episodes import episode_job
+
+    overrides = [
+        f"env.max_turns={args.max_turns}",
+        f"env.reward={args.env_reward}",
+        f"rollout.max_new_tokens={args.max_new_tokens}",
+        f"model.chat_template={args.chat_template}",
+    ]
+    if args.tools:
+        overrides.append(f"env.tools={args.tools}")
+    if args.environment:
+        overrides.append(f"env.environment={args.environment}")
+    return episode_job(load_config(None, overrides), tokenizer, end_token_ids)
 
 
 def load_eval_model(
@@ -254,6 +297,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         n=args.samples,
         temperature=temperature,
         max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop or ()),
         seed=args.seed,
     )
 

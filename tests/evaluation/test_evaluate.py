@@ -280,3 +280,35 @@ def test_cli_reports_bad_arguments(model_dir, files, tmp_path, capsys):
     assert main(["eval", "--model", str(model_dir), "--adapter", str(tmp_path), *common]) == 1
     assert "--adapter" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), *common[:2], "--grader", "nope"]) == 1
+
+
+def test_cli_eval_runs_episodes_with_an_environment(model_dir, files, tmp_path, capsys):
+    """`--environment` makes each sample an episode; pass@k counts whole episodes and the
+    report holds each one's turns."""
+    env = tmp_path / "more_env.py"
+    env.write_text(
+        "class More:\n"
+        "    def __init__(self):\n        self.turns = 0\n"
+        "    def step(self, message):\n        self.turns += 1\n"
+        "        return {'messages': [{'role': 'user', 'content': 'more'}], 'reward': 1.0,\n"
+        "                'done': self.turns >= 2}\n"
+        "def make_env(item):\n    return More()\n"
+    )
+    common = ["--data", str(files["data"]), "--grader", f"{files['rewards']}:spread"]
+    out = tmp_path / "episodes.json"
+    assert main([
+        "eval", "--model", str(model_dir), *common, "--samples", "2",
+        "--environment", f"{env}:make_env", "--max-turns", "3", "--env-reward", "turns",
+        "--limit", "3", "--output", str(out),
+        # common characters as stop strings: the random model's turns end within the cap
+        "--stop", " ", "--stop", "e", "--stop", "a", "--max-new-tokens", "8",
+    ]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert "pass@2" in capsys.readouterr().out
+    finished = [c for p in result["per_prompt"] for c in p["completions"]]
+    two_turns = [c for c in finished if c["finish_reason"] == "stop"]
+    assert two_turns  # most turns end at a stop string, so most episodes run both turns
+    for c in two_turns:
+        assert c["episode"]["turns"] == 2 and c["score"] == 2.0
+        assert c["episode"]["messages"][1] == {"role": "user", "content": "more"}
+    assert result["metrics"]["episode/turns_mean"] >= 1

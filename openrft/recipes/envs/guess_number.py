@@ -4,14 +4,14 @@ feedback every turn, written as a user's would be (no openrft import).
 The row's reference answer is the secret, between 1 and the row's `high` (default 100). The
 model guesses by ending its turn with a number; the environment answers "higher", "lower" or
 "correct". A turn without a number gets a reminder. Reward per turn: 1 on the turn that finds
-the number, -0.05 for each wrong guess or turn without one, so fewer turns score higher
-(env.reward = "turns" trains on their sum); the metric `guesses` counts guesses.
+the number, else 0 (env.reward = "turns" trains on their sum: 1 for a solved episode; with
+grpo_per_turn each turn's advantage comes from whether the episode was solved after it); the
+metric `guesses` counts guesses.
 """
 
 import re
 
 NUMBER = re.compile(r"-?\d+")
-MISS = -0.05  # a wrong guess (or no guess) costs a little: finding it sooner scores more
 
 
 class GuessNumber:
