@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,10 @@ class VLLMEngine:
     ) -> list[list[Completion]]:
         if not prompts:
             return []
+        if params.temperature == 0 and params.n > 1:
+            # vLLM refuses n > 1 when greedy; the n greedy completions are one, repeated.
+            single = self.generate(prompts, replace(params, n=1))
+            return [group * params.n for group in single]
         body = {
             "model": self.served_name,
             "prompt": [list(p) for p in prompts],
