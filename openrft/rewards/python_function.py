@@ -15,14 +15,11 @@ typed `GradeError`s. The function runs in this process: it is trusted code, not 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import importlib
 import importlib.util
 import inspect
 import math
 import os
-import sys
 import threading
 import time
 import traceback
@@ -34,6 +31,7 @@ from openrft.errors import GraderError
 from openrft.rewards.grader import clip_message, to_grade
 from openrft.rewards.templating import openai_sample
 from openrft.types import Grade, Sample
+from openrft.user_code import UserFileError, import_file
 
 REFERENCE_SYNTAX = "'path/to/file.py:function' or 'package.module:function'"
 # First parameter name -> (call form, batched). Any other name is openrft's (response, item).
@@ -186,33 +184,12 @@ def _looks_like_file(target: str) -> bool:
 
 
 def _load_file(path: Path, reference: str) -> ModuleType:
-    resolved = path.expanduser().resolve()
-    if not resolved.is_file():
-        raise GraderError(f"cannot load reward function {reference!r}: file not found: {resolved}")
-    # A unique module name per file, so two reward files both called reward.py do not collide.
-    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
-    stem = "".join(ch if ch.isalnum() else "_" for ch in resolved.stem)
-    module_name = f"_openrft_reward_{stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, resolved)
-    if spec is None or spec.loader is None:
-        raise GraderError(f"cannot load reward function {reference!r}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    # Registered before execution so dataclasses and pickling inside the file work; the
-    # file's folder is on sys.path while it loads so that it can import sibling helpers.
-    sys.modules[module_name] = module
-    sys.path.insert(0, str(resolved.parent))
     try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
-        del sys.modules[module_name]
-        raise GraderError(
-            f"cannot load reward function {reference!r}: executing {resolved} failed: "
-            f"{describe_exception(exc)}"
-        ) from exc
-    finally:
-        with contextlib.suppress(ValueError):  # the file itself may have edited sys.path
-            sys.path.remove(str(resolved.parent))
-    return module
+        return import_file(path, "_openrft_reward")
+    except UserFileError as exc:
+        cause = f": {describe_exception(exc.cause)}" if exc.cause is not None else ""
+        message = f"cannot load reward function {reference!r}: {exc.problem}{cause}"
+        raise GraderError(message) from exc.cause
 
 
 def _import_module(name: str, reference: str) -> ModuleType:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrft.errors import ConfigError
-from openrft.rollout.tool_calls import ParsedTurn
+from openrft.rollout.tool_calls import ParsedTurn, ToolCall
 from openrft.rollout.tools import ToolBox, import_user_file
 
 
@@ -190,7 +190,7 @@ class ToolEnvironment:
         for call in (*turn.calls, *turn.malformed):
             result = self.tools.call(call, self.row_schemas)
             message = {"role": "tool", "content": result.content}
-            if hasattr(call, "id"):
+            if isinstance(call, ToolCall):  # a malformed call has no id to answer
                 message |= {"tool_call_id": call.id, "name": call.name}
             messages.append(message)
             if result.error:

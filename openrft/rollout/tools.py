@@ -15,7 +15,6 @@ one worker, and nothing a tool does reaches the trainer's process. Every failure
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import queue
@@ -35,6 +34,7 @@ import jsonschema
 
 from openrft.errors import ConfigError
 from openrft.rollout.tool_calls import MalformedCall, ToolCall
+from openrft.user_code import UserFileError, import_file
 
 WORKER_SCRIPT = Path(__file__).with_name("tool_worker.py")  # run by path: stdlib imports only
 HTTP_ATTEMPTS = 3  # tries of an endpoint that answers 5xx (OpenAI agent RFT retries 3 times)
@@ -133,23 +133,13 @@ def function_schema(function: Callable[..., Any]) -> dict[str, Any]:
 
 
 def import_user_file(path: str | Path, field: str) -> types.ModuleType:
-    """A user's Python file as a module (its folder importable while it loads, so it can
-    import its neighbours); a ConfigError naming `field` when it is missing or fails."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(field, f"file not found: {file}")
-    spec = importlib.util.spec_from_file_location(f"openrft_user_{file.stem}", file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    folder = str(file.resolve().parent)
-    sys.path.insert(0, folder)
+    """A user's Python file as a module (openrft.user_code); a ConfigError naming `field`
+    when it is missing or fails."""
     try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        raise ConfigError(field, f"{file} failed to import: {error!r}") from error
-    finally:
-        sys.path.remove(folder)
-    return module
+        return import_file(path, "_openrft_user")
+    except UserFileError as exc:
+        cause = f": {exc.cause!r}" if exc.cause is not None else ""
+        raise ConfigError(field, f"{exc.problem}{cause}") from exc.cause
 
 
 def load_tool_functions(path: str | Path) -> dict[str, Callable[..., Any]]:
