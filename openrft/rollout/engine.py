@@ -100,14 +100,29 @@ def completion_from_tokens(
 ) -> Completion:
     """A Completion from generated token ids: the text decoded without special tokens and cut
     before the first stop string; the tokens are kept whole (they are what was sampled)."""
-    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
-    for marker in stop:
-        cut = text.find(marker)
-        if cut >= 0:
-            text = text[:cut]
+    text = cut_at_stop(tokenizer.decode(list(token_ids), skip_special_tokens=True), stop)
     return Completion(
         token_ids=tuple(token_ids),
         text=text,
         finish_reason=reason,
         logprobs=None if logprobs is None else tuple(logprobs),
     )
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first stop string it holds (whichever comes first)."""
+    for marker in stop:
+        cut = text.find(marker)
+        if cut >= 0:
+            text = text[:cut]
+    return text
+
+
+def raw_turn_text(
+    tokenizer, token_ids: Sequence[int], end_token_ids: frozenset[int], stop: Sequence[str]
+) -> str:
+    """A turn's text with special tokens kept (Qwen's <tool_call> can be one) and its end of
+    turn dropped, cut before a stop string as the completion's text is: what a tool-call
+    parser reads."""
+    ids = [t for t in token_ids if t not in end_token_ids]
+    return cut_at_stop(tokenizer.decode(ids, skip_special_tokens=False), stop)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from openrft.rollout.bridge import ChatBridge
+from openrft.rollout.engine import raw_turn_text
 from openrft.rollout.environment import (
     EnvironmentFailure,
     Runner,
@@ -232,10 +233,9 @@ def _start(
             jobs.append((example, setup.runner.submit(lambda e=example: _reset(e, setup))))
     states = []
     for index, (example, future) in enumerate(jobs):
-        started = time.monotonic()
-        env, opening, error = None, tuple(example.messages), None
+        env, opening, error, env_s = None, tuple(example.messages), None, 0.0
         try:
-            env, reset = future.result(timeout=setup.limits.timeout_s)
+            env, reset, env_s = future.result(timeout=setup.limits.timeout_s)
             if reset is not None:
                 opening = tuple(dict(m) for m in reset)
         except Exception as failure:  # the environment's own error, shown on the episode
@@ -247,14 +247,17 @@ def _start(
             except Exception as failure:
                 error = f"reset() returned messages that cannot be rendered: {failure!r}"
         state = _EpisodeState(example, env, opening, prompt)
-        state.env_s = time.monotonic() - started
+        state.env_s = env_s
         if error is not None:
             state.finish, state.error = "error", error
         states.append(state)
     return states
 
 
-def _reset(example: Example, setup: EpisodeSetup) -> tuple[Any, Any]:
+def _reset(example: Example, setup: EpisodeSetup) -> tuple[Any, Any, float]:
+    """The episode's environment, its opening messages (None: the row's) and the seconds
+    making and resetting it took."""
+    started = time.monotonic()
     env = setup.make_env(example)
     reset = env.reset()
     if reset is not None and hasattr(reset, "__await__"):
@@ -264,19 +267,7 @@ def _reset(example: Example, setup: EpisodeSetup) -> tuple[Any, Any]:
         or not all(isinstance(m, dict) and "role" in m for m in reset)
     ):
         raise EnvironmentFailure("reset() must return a list of message dicts (or None)")
-    return env, reset
-
-
-def _raw_text(turn: Completion, setup: EpisodeSetup) -> str:
-    """The turn's text with special tokens kept (Qwen's <tool_call> is one) and the end of
-    turn dropped: what the tool-call parser reads. Cut before a stop string, as turn.text."""
-    ids = [t for t in turn.token_ids if t not in setup.end_token_ids]
-    text = setup.tokenizer.decode(ids, skip_special_tokens=False)
-    for stop in setup.stop:
-        cut = text.find(stop)
-        if cut >= 0:
-            text = text[:cut]
-    return text
+    return env, reset, time.monotonic() - started
 
 
 def _done(value: Continuation | None = None) -> Future:
@@ -288,7 +279,9 @@ def _done(value: Continuation | None = None) -> Future:
 def _respond(state: _EpisodeState, turn: Completion, setup: EpisodeSetup) -> Future:
     """Record the turn, and answer it: None (the episode is over) or a Continuation."""
     limits = setup.limits
-    parsed = setup.parser(_raw_text(turn, setup))
+    parsed = setup.parser(
+        raw_turn_text(setup.tokenizer, turn.token_ids, setup.end_token_ids, setup.stop)
+    )
     state.tokens += len(turn.token_ids)
     if state.finish is not None:  # the environment failed to start: end at once
         state.turns.append(Turn(turn, parsed.message()))
@@ -364,7 +357,7 @@ def _after_step(
         dict(result.metrics),
     )
     if result.done:
-        state.turns.append(replace(record))
+        state.turns.append(record)
         state.finish = "stop"
         return None
     if len(state.turns) + 1 >= limits.max_turns:

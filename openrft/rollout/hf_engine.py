@@ -193,13 +193,7 @@ class HFEngine:
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator
     ) -> list[list[Completion]]:
         device = self.decoder.device
-        input_ids_P_L, attention_P_L = left_pad(prompts, self.pad_id, device)
-        positions_P_L = (attention_P_L.cumsum(-1) - 1).clamp(min=0)
-        # Share the prompt computation: one prefill per prompt, its cache repeated G times.
-        logits_B_V = self.decoder.prefill(
-            input_ids_P_L, attention_P_L, positions_P_L, params.n, room=params.max_new_tokens
-        )
-        next_position_B = positions_P_L[:, -1].repeat_interleave(params.n, dim=0) + 1
+        logits_B_V, next_position_B = self.prefill_samples(prompts, params)
 
         total = len(prompts) * params.n
         tokens: list[list[int]] = [[] for _ in range(total)]
@@ -234,6 +228,18 @@ class HFEngine:
             for i in range(total)
         ]
         return [completions[i : i + params.n] for i in range(0, total, params.n)]
+
+    def prefill_samples(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill left-padded prompts once each, their cache shared by `params.n` samples
+        (rows p * n ...): every row's next-token logits (B, V) and next position (B,)."""
+        input_ids_P_L, attention_P_L = left_pad(prompts, self.pad_id, self.decoder.device)
+        positions_P_L = (attention_P_L.cumsum(-1) - 1).clamp(min=0)
+        logits_B_V = self.decoder.prefill(
+            input_ids_P_L, attention_P_L, positions_P_L, params.n, room=params.max_new_tokens
+        )
+        return logits_B_V, positions_P_L[:, -1].repeat_interleave(params.n, dim=0) + 1
 
     def _hit_stop_string(self, token_ids: list[int], params: SamplingParams) -> bool:
         if not params.stop:

@@ -49,12 +49,7 @@ def _decode_chunk(engine, prompts, params: SamplingParams, respond: Respond, gen
 
     decoder = engine.decoder
     device = decoder.device
-    input_ids_P_L, attention_P_L = left_pad(prompts, engine.pad_id, device)
-    positions_P_L = (attention_P_L.cumsum(-1) - 1).clamp(min=0)
-    logits_B_V = decoder.prefill(
-        input_ids_P_L, attention_P_L, positions_P_L, params.n, room=params.max_new_tokens
-    )
-    position_B = positions_P_L[:, -1].repeat_interleave(params.n, dim=0) + 1
+    logits_B_V, position_B = engine.prefill_samples(prompts, params)
     total = len(prompts) * params.n
     turn_tokens: list[list[int]] = [[] for _ in range(total)]
     caps = [params.max_new_tokens] * total

@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from openrft.data.render import encode_prompt
 from openrft.errors import ModelError
 from openrft.models.load import load_model
+from openrft.rollout.engine import raw_turn_text
 from openrft.rollout.hf_engine import HFEngine
 from openrft.rollout.tool_calls import ToolCallParser
 from openrft.serve.batching import Batcher, BatchResult
@@ -238,8 +239,9 @@ class ChatModel:
         are returned as `tool_calls` (finish reason "tool_calls")."""
         if not (request.tools and request.tools.shown):
             return {"role": "assistant", "content": completion.text}, completion.finish_reason
-        ends = self.engine.end_token_ids
-        raw = self.tokenizer.decode([t for t in completion.token_ids if t not in ends])
+        raw = raw_turn_text(
+            self.tokenizer, completion.token_ids, self.engine.end_token_ids, request.params.stop
+        )
         message, calls = assistant_message(self.parser()(raw), completion.text)
         return message, "tool_calls" if calls else completion.finish_reason
 
