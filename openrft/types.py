@@ -8,7 +8,7 @@ because that is the format users upload and graders receive.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
@@ -46,6 +46,22 @@ class Example:
     reference_answer: Any = None  # any JSON value; None when the row has none
     metadata: Mapping[str, Any] = field(default_factory=dict)  # every other field of the row
     source: str = ""  # "path/file.jsonl:12", for error messages
+
+    def item(self) -> dict[str, Any]:
+        """The row as a user's reward function (or environment) sees it."""
+        return row_item(self.id, self.messages, self.reference_answer, self.metadata)
+
+
+def row_item(
+    row_id: str, messages: Sequence[Message], reference_answer: Any, metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`{**metadata, "id", "messages", "reference_answer"}`: a row, every field as uploaded."""
+    return {
+        **metadata,
+        "id": row_id,
+        "messages": [dict(m) for m in messages],
+        "reference_answer": reference_answer,
+    }
 
 
 @dataclass(frozen=True)
@@ -113,12 +129,7 @@ class Sample:
     def item(self) -> dict[str, Any]:
         """The row as a user's reward function sees it: every field, as in the dataset."""
         end = len(self.messages) - 1 if self.prompt_messages is None else self.prompt_messages
-        return {
-            **self.metadata,
-            "id": self.example_id,
-            "messages": [dict(m) for m in self.messages[:end]],
-            "reference_answer": self.reference_answer,
-        }
+        return row_item(self.example_id, self.messages[:end], self.reference_answer, self.metadata)
 
 
 @dataclass(frozen=True)

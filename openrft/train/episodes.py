@@ -92,16 +92,6 @@ def row_tools(example: Example, tools: ToolBox | None) -> list[dict[str, Any]] |
     return None
 
 
-def row_item(example: Example) -> dict[str, Any]:
-    """The row as reward functions and make_env see it."""
-    return {
-        **example.metadata,
-        "id": example.id,
-        "messages": [dict(m) for m in example.messages],
-        "reference_answer": example.reference_answer,
-    }
-
-
 def episode_job(
     config: JobConfig, tokenizer: Any, end_token_ids: frozenset[int]
 ) -> EpisodeJob | None:
@@ -135,7 +125,7 @@ def episode_job(
             parser_name, parser = parser_for(env.tool_parser, tokenizer.chat_template)
 
         def make_env(example: Example) -> Any:
-            return UserEnvironment(factory(row_item(example)), env.environment)
+            return UserEnvironment(factory(example.item()), env.environment)
 
     bridges: dict[str, ChatBridge] = {}
 
