@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -26,3 +27,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads, and OpenMP threads competing with another
+    busy process on a small machine slow each decode step down by orders of magnitude.
+    Modules that decode with it use it: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

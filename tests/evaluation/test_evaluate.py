@@ -56,13 +56,7 @@ WORDS = ["great movie", "dull film", "what is 12 plus 30", "a weak plot", "the a
 MAX_NEW = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads; competing OpenMP threads slow it down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def write_files(root: Path) -> dict[str, Path]:

@@ -99,13 +99,7 @@ def _logits(model, tokenizer, text: str = PROMPT) -> torch.Tensor:
         return model(ids).logits.float()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models gain nothing from threads; competing OpenMP threads can stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

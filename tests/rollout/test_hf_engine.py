@@ -34,14 +34,7 @@ def _reinit(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and OpenMP threads competing with another
-    busy process on a small machine slow each decode step down by orders of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

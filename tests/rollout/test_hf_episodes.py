@@ -18,12 +18,7 @@ from rollout.test_hf_engine import _reinit
 PROMPTS = ["the movie was great", "what is 12 plus 30 ?", "0 1 2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -68,12 +68,7 @@ def metrics_by_step(run_dir: Path) -> dict[int, dict]:
     return {m["step"]: m for m in map(json.loads, lines)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_full_fine_tuning_memorizes_a_tiny_data_set(tmp_path, tiny_model_dir):
