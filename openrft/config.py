@@ -166,7 +166,14 @@ class EnvConfig:
     tools: str = ""  # Python file whose public functions are tools (docs/agentic.md); "" = none
     tool_endpoints: dict[str, str] = field(default_factory=dict)  # tool name -> HTTP URL to POST
     tool_headers: dict[str, str] = field(default_factory=dict)  # sent with every endpoint call
-    environment: str = ""  # file.py:make_env (or module:make_env) answering assistant turns
+    environment: str = ""  # file.py:make_env, module:make_env, or an http(s):// environment service
+    agent: str = ""  # file.py:run: an agent function trained through an OpenAI client
+    openenv_url: str = ""  # an OpenEnv server's base URL: its environment answers the turns
+    openenv_action: str = "json"  # a reply as the action: json, or text:<field> (one field)
+    openenv_max_sessions: int = 0  # sessions open at once on the OpenEnv server; 0 = its limit
+    remote_timeout_s: float = 3600.0  # per call to an environment service (a step may take hours)
+    remote_retries: int = 3  # extra tries of a service call refused or answered 5xx/429
+    remote_headers: dict[str, str] = field(default_factory=dict)  # sent with every service call
     tool_parser: str = "auto"  # auto (from the chat template), hermes or llama3_json
     max_turns: int = 6  # assistant turns per episode
     max_episode_tokens: int = 4096  # prompt + every turn and environment message
@@ -180,7 +187,8 @@ class EnvConfig:
     @property
     def enabled(self) -> bool:
         """Rollouts are multi-turn episodes (tools or an environment are configured)."""
-        return bool(self.tools or self.tool_endpoints or self.environment)
+        answers = (self.tools, self.tool_endpoints, self.environment, self.agent, self.openenv_url)
+        return any(answers)
 
 
 @dataclass(frozen=True)
@@ -261,6 +269,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "env.episode_timeout_s": (0.01, 86_400 * 7),
     "env.max_concurrent": (1, 10_000),
     "env.cut_penalty": (0.0, 1000.0),
+    "env.remote_timeout_s": (0.001, 86_400 * 7),
+    "env.remote_retries": (0, 100),
+    "env.openenv_max_sessions": (0, 100_000),
 }
 
 # algo.advantage_scaling, replaced by algo.advantage: old value -> the estimator it was.
@@ -357,6 +368,18 @@ def validate(config: JobConfig) -> None:
         raise ConfigError(
             "env.environment",
             "set env.tools or env.environment, not both (an environment runs its own tools)",
+        )
+    if env.agent and (env.tools or env.tool_endpoints or env.environment or env.openenv_url):
+        raise ConfigError(
+            "env.agent",
+            "an agent runs its own tools and environment: set it without env.tools, "
+            "env.tool_endpoints, env.environment or env.openenv_url",
+        )
+    if env.openenv_url and (env.tools or env.tool_endpoints or env.environment):
+        raise ConfigError(
+            "env.openenv_url",
+            "the OpenEnv server is the environment: set it without env.tools, "
+            "env.tool_endpoints or env.environment",
         )
     for name, url in env.tool_endpoints.items():
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):

@@ -73,7 +73,8 @@ def make_tiny_model_dir(path: Path, seed: int = 0, head_dim: int = 16) -> Path:
 
 
 # A Qwen2.5-style template with tools: the tool list in the system turn, calls as
-# <tool_call>{json}</tool_call>, tool results grouped in a user turn as <tool_response>s.
+# <tool_call>{json}</tool_call> (arguments | tojson, as Qwen2.5's template writes them), tool
+# results grouped in a user turn as <tool_response>s.
 CHATML_TOOLS = (
     "{%- if tools %}{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
@@ -87,7 +88,7 @@ CHATML_TOOLS = (
     "{%- elif message.role == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' + (message.content or '') }}"
     '{%- for call in message.tool_calls or [] %}{{- \'\\n<tool_call>\\n{"name": "\' }}'
-    '{{- call.function.name + \'", "arguments": \' + call.function.arguments }}'
+    '{{- call.function.name + \'", "arguments": \' }}{{- call.function.arguments | tojson }}'
     "{{- '}\\n</tool_call>' }}{%- endfor %}{{- '<|im_end|>\\n' }}"
     "{%- elif message.role == 'tool' %}"
     "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}"

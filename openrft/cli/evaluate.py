@@ -88,7 +88,9 @@ def _add_baseline(subparsers: Any) -> None:
 
 def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: float | None) -> None:
     parser.add_argument("--data", required=True, help="JSONL file or builtin:sst2/validation")
-    parser.add_argument("--grader", required=True, help="built-in name, file.py:fn or grader file")
+    parser.add_argument(
+        "--grader", help="built-in name, file.py:fn or grader file (not with --agent)"
+    )
     parser.add_argument(
         "--samples", type=_positive, default=samples, help=f"completions per prompt ({samples})"
     )
@@ -111,6 +113,7 @@ def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: floa
     episodes = parser.add_argument_group("episodes (docs/agentic.md): as a job's [env] section")
     episodes.add_argument("--tools", help="tools file (or builtin:calculator): run episodes")
     episodes.add_argument("--environment", help="file.py:make_env (or builtin:NAME): run episodes")
+    episodes.add_argument("--agent", help="file.py:run (docs/agents.md): its return is the reward")
     episodes.add_argument("--max-turns", type=_positive, default=6, help="assistant turns (6)")
     episodes.add_argument(
         "--env-reward", default="episode", choices=["episode", "turns", "sum"],
@@ -120,12 +123,11 @@ def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: floa
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from openrft.evaluation.evaluate import compare, format_summary, write_comparison, write_report
-    from openrft.rewards import build_grader
 
     if args.compare and args.adapter:
         print("openrft: error: with --compare, give adapters as MODEL+ADAPTER_DIR", file=sys.stderr)
         return 2
-    grader = build_grader(args.grader, args.timeout)
+    grader = grader_for(args)
     params = sampling_params(args)
     examples = load_prompts(args.data, limit=args.limit)
     output = Path(args.output or f"{'compare' if args.compare else 'eval'}-{_stamp()}.json")
@@ -150,14 +152,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def grader_for(args: argparse.Namespace) -> Any:
+    """--grader's grader. With --agent the agent's return is the reward and no grader is
+    called: a built-in one stands in where the code wants one."""
+    from openrft.errors import RFTError
+    from openrft.rewards import build_grader
+
+    if args.grader and args.agent:
+        raise RFTError("--agent returns the reward itself: leave out --grader")
+    if args.agent:
+        args.grader = f"agent {args.agent}"  # what the report names as the reward
+        return build_grader("exact_label", args.timeout)
+    if not args.grader:
+        raise RFTError("--grader is required (or --agent)")
+    return build_grader(args.grader, args.timeout)
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     import json
 
     from openrft.data import split_holdout
     from openrft.evaluation.baseline import advise, format_baseline
-    from openrft.rewards import build_grader
 
-    grader = build_grader(args.grader, args.timeout)
+    grader = grader_for(args)
     params = sampling_params(args)
     examples = load_prompts(args.data)
     if args.prompts < len(examples):  # a seeded sample: a sorted file's head would bias it
@@ -215,8 +232,9 @@ def evaluate_model(
 
 
 def episode_job_for(args: argparse.Namespace, tokenizer: Any, end_token_ids: frozenset[int]):
-    """The episode machinery of `--tools` / `--environment` (None: single turns)."""
-    if not (getattr(args, "tools", None) or getattr(args, "environment", None)):
+    """The episode machinery of `--tools` / `--environment` / `--agent` (None: single
+    turns)."""
+    if not any(getattr(args, name, None) for name in ("tools", "environment", "agent")):
         return None
     from openrft.config import load_config
     from openrft.train.episodes import episode_job
@@ -231,6 +249,8 @@ def episode_job_for(args: argparse.Namespace, tokenizer: Any, end_token_ids: fro
         overrides.append(f"env.tools={args.tools}")
     if args.environment:
         overrides.append(f"env.environment={args.environment}")
+    if args.agent:
+        overrides.append(f"env.agent={args.agent}")
     return episode_job(load_config(None, overrides), tokenizer, end_token_ids)
 
 

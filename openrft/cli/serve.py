@@ -1,7 +1,11 @@
-"""`openrft serve`: an OpenAI-compatible chat server for a model or a run (docs/serving.md).
+"""`openrft serve`: an OpenAI-compatible chat server for a model or a run (docs/serving.md);
+`openrft env serve`: an environment behind the remote-environment contract
+(docs/remote-environments.md).
 
 openrft serve --model M [--adapter RUN_DIR/final] [--host H] [--port P] [--dtype D]
               [--log-invocations FILE.jsonl] [--max-batch N]
+openrft env serve FILE.py[:make_env]|builtin:NAME [--host H] [--port P] [--max-episodes N]
+              [--idle-timeout S]
 """
 
 from __future__ import annotations
@@ -28,6 +32,19 @@ def add_commands(commands: Any) -> None:
     )
     serve.set_defaults(handler=cmd_serve)
 
+    env_parser = commands.add_parser("env", help="host an environment for jobs on other machines")
+    env_parser.set_defaults(handler=lambda _: env_parser.print_help() or 2)
+    env = env_parser.add_subparsers(metavar="ACTION")
+    host = env.add_parser("serve", help="serve make_env(item) over the remote-environment API")
+    host.add_argument("environment", help="file.py[:make_env], module:function or builtin:NAME")
+    host.add_argument("--host", default="127.0.0.1")
+    host.add_argument("--port", type=int, default=8100)
+    host.add_argument("--max-episodes", type=int, default=256, help="episodes open at once")
+    host.add_argument(
+        "--idle-timeout", type=float, default=3600.0, help="close episodes unused this long (s)"
+    )
+    host.set_defaults(handler=cmd_env_serve)
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from openrft.serve import serve
@@ -43,4 +60,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_path=args.log_invocations,
         max_batch=args.max_batch,
     )
+    return 0
+
+
+def cmd_env_serve(args: argparse.Namespace) -> int:
+    from openrft.serve.env_host import serve
+
+    if args.max_episodes < 1 or args.idle_timeout <= 0:
+        raise RFTError("--max-episodes must be at least 1 and --idle-timeout positive")
+    serve(args.environment, args.host, args.port, args.max_episodes, args.idle_timeout)
     return 0

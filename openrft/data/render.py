@@ -6,6 +6,7 @@ Owns the two chat templates openrft knows: "model" (the tokenizer's own template
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,32 @@ _NO_TEMPLATE = (
     'the model\'s tokenizer has no chat template; set model.chat_template = "plain" to use '
     'openrft\'s plain template ("<role>: <content>" lines ending with "assistant:")'
 )
+
+
+def template_messages(messages: Sequence[Message] | Sequence[dict[str, Any]]) -> list[dict]:
+    """Messages as chat templates expect them: OpenAI sends a tool call's `arguments` as a
+    JSON string, but templates (Qwen's, Llama's) write `arguments | tojson`, which would
+    quote the string a second time and show the model a call unlike the ones it writes.
+    Arguments that parse as JSON go to the template as objects; the rest stay as sent."""
+    out = []
+    for message in messages:
+        message = dict(message)
+        if message.get("tool_calls"):
+            message["tool_calls"] = [_template_call(call) for call in message["tool_calls"]]
+        out.append(message)
+    return out
+
+
+def _template_call(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if not isinstance(arguments, str):
+        return call
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": parsed}}
 
 
 def render_prompt(
@@ -42,7 +69,7 @@ def render_prompt(
         raise ConfigError("model.chat_template", _NO_TEMPLATE)
     extra = {"tools": list(tools)} if tools else {}
     text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True, **extra
+        template_messages(messages), tokenize=False, add_generation_prompt=True, **extra
     )
     return str(text)
 

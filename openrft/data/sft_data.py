@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from openrft.data.load import _id_problems, _json_type, message_list_problems, validate_line
-from openrft.data.render import render_prompt
+from openrft.data.render import render_prompt, template_messages
 from openrft.errors import DatasetError, RowError
 from openrft.types import Message
 
@@ -207,7 +207,7 @@ def render_conversation(
         )  # fmt: skip
     if chat_template != "model" or not getattr(tokenizer, "chat_template", None):
         render_prompt(messages, tokenizer, chat_template)  # raises the ConfigError RL gives
-    text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False)
+    text = tokenizer.apply_chat_template(template_messages(messages), tokenize=False)
     return str(text)
 
 

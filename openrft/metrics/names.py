@@ -51,4 +51,6 @@ EPISODE_TOOL_ERRORS_PREFIX = "episode/tool_errors/"  # + parse_error, unknown_to
 EPISODE_FINISH_PREFIX = "episode/finish/"  # + stop, length, max_turns, timeout, error: shares
 EPISODE_TOKENS = "episode/length_tokens_mean"  # tokens after the prompt, sampled + environment
 TURN_REWARD_MEAN = "reward/turn_mean"  # the environments' per-turn rewards
+EPISODE_UNMERGED_CALLS = "episode/unmerged_calls"  # agent calls that started a row of their own
+ENV_METRIC_PREFIX = "env/"  # + a name an environment's step() reported: its episode-end mean
 ENV_S = "time/env_s"  # time spent in environment resets and steps (overlaps generation)

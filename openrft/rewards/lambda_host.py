@@ -10,15 +10,13 @@ running it with uvicorn, blocking (`serve`) or in a background thread (`backgrou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import socket
-import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from openrft.errors import GraderError
-from openrft.net import listen_socket
+from openrft.net import listen_socket, url_of
 from openrft.rewards.grader import to_grade
 from openrft.rewards.python_function import _load_file, describe_exception, load_function
 from openrft.rewards.templating import openai_sample
@@ -267,11 +265,6 @@ def bind(host: str, port: int) -> socket.socket:
         raise GraderError(f"cannot listen on {host}:{port}: {exc}") from exc
 
 
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
 def serve(
     file_reference: str,
     host: str = "127.0.0.1",
@@ -289,24 +282,3 @@ def serve(
     )
     config = uvicorn.Config(app, log_level="info", lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
-
-
-@contextlib.contextmanager
-def background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Runs `app` with uvicorn in a daemon thread; yields its base URL; stops it on exit."""
-    sock = bind(host, port)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start on {url_of(sock)}")
-            time.sleep(0.01)
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()

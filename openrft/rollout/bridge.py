@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from openrft.data.render import template_messages
 from openrft.errors import ConfigError
 
 _MARKER = "\u2063openrft-bridge\u2063"  # assistant content that no template rewrites
@@ -41,7 +42,7 @@ class ChatBridge:
             self.base = base
 
     def _render(self, tail: list[dict[str, Any]], generation: bool) -> str:
-        messages = [{"role": "user", "content": "Hi."}, *tail]
+        messages = template_messages([{"role": "user", "content": "Hi."}, *tail])
         kwargs: dict[str, Any] = {"tools": self.tools} if self.tools else {}
         return str(
             self.tokenizer.apply_chat_template(

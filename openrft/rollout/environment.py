@@ -202,19 +202,22 @@ class ToolEnvironment:
         """The tool box outlives the episode."""
 
 
-def load_environment_factory(reference: str) -> Callable[[dict[str, Any]], Any]:
-    """`file.py:function` or `module:function` -> the function that makes an environment."""
+def load_environment_factory(
+    reference: str, field: str = "env.environment", example: str = "file.py:make_env"
+) -> Callable[..., Any]:
+    """`file.py:function` or `module:function` -> the function (an environment factory, or
+    an agent); errors name `field`."""
     path, _, name = reference.rpartition(":")
     if not path or not name:
-        raise ConfigError("env.environment", f"{reference!r}: use file.py:make_env")
+        raise ConfigError(field, f"{reference!r}: use {example}")
     if path.endswith(".py"):
-        module = import_user_file(path, "env.environment")
+        module = import_user_file(path, field)
     else:
         try:
             module = importlib.import_module(path)
         except ImportError as error:
-            raise ConfigError("env.environment", f"cannot import {path}: {error}") from error
+            raise ConfigError(field, f"cannot import {path}: {error}") from error
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise ConfigError("env.environment", f"{path} has no function {name!r}")
+        raise ConfigError(field, f"{path} has no function {name!r}")
     return factory

@@ -82,6 +82,11 @@ class Episode:
     error: str | None = None  # why the environment failed (finish "error")
     env_s: float = 0.0  # time in the environment's reset and steps
     prompt_token_ids: tuple[int, ...] = ()  # the rendered opening the episode started from
+    # An agent's episode (openrft.rollout.agents): what its function returned (the reward,
+    # graded in openrft.train.episodes), and its calls that did not extend this one's
+    # tokens (the agent rewrote its history), each trained as a row of its own.
+    outcome: Any = None
+    branches: tuple[Episode, ...] = ()
 
     def messages(self) -> list[dict[str, Any]]:
         """The whole conversation in OpenAI shape: the opening, then every assistant turn
@@ -109,6 +114,14 @@ class Episode:
     @property
     def tool_calls(self) -> int:
         return sum(t.tool_calls for t in self.turns)
+
+    def env_metrics(self) -> dict[str, float]:
+        """The environment's metrics as the episode left them: each name's last value (step()
+        reports running values, like a count of guesses)."""
+        last: dict[str, float] = {}
+        for turn in self.turns:
+            last.update(turn.metrics)
+        return last
 
     def tool_errors(self) -> dict[str, int]:
         errors: dict[str, int] = {}
@@ -213,11 +226,12 @@ def run_episodes(
 
         budget = min(limits.max_new_tokens, limits.max_tokens - max(len(p) for p in prompts))
         generate(prompts, replace(turn_params, n=repeats, max_new_tokens=max(budget, 1)), respond)
-    for state in states:
-        if state.env is not None:
-            # Closing is best effort: the episode's data is already kept.
-            with contextlib.suppress(Exception):
-                state.env.close()
+    # Closing is best effort (the episodes' data is kept) and concurrent: a remote service
+    # answers each close over the network.
+    closing = [setup.runner.submit(s.env.close) for s in states if s.env is not None]
+    for future in closing:
+        with contextlib.suppress(Exception):
+            future.result()
     completions = [s.episode().completion() for s in states]
     return [completions[p * n : (p + 1) * n] for p in range(len(examples))]
 

@@ -33,6 +33,7 @@ import httpx
 import jsonschema
 
 from openrft.errors import ConfigError
+from openrft.net import EndpointFailure, request_with_retries
 from openrft.rollout.tool_calls import MalformedCall, ToolCall
 from openrft.user_code import UserFileError, import_file
 
@@ -297,30 +298,20 @@ class ToolBox:
 
     def _call_endpoint(self, url: str, call: ToolCall) -> ToolResult:
         payload = {"name": call.name, "arguments": call.arguments}
-        wait = HTTP_BACKOFF_S
-        problem = ""
-        for attempt in range(HTTP_ATTEMPTS):
-            if attempt:
-                time.sleep(wait)
-                wait *= 2
-            try:
-                response = httpx.post(
-                    url, json=payload, headers=self.headers, timeout=self.timeout_s
-                )
-            except httpx.TimeoutException:
-                return error_result("timeout", f"{url} did not answer in {self.timeout_s:g} s")
-            except httpx.HTTPError as error:
-                problem = f"{url}: {error!r}"
-                continue
-            if response.status_code >= 500:
-                problem = f"{url} answered {response.status_code}"
-                continue
-            if response.status_code >= 400:
-                return error_result(
-                    "tool_error", f"{url} answered {response.status_code}: {response.text[:500]}"
-                )
-            return ToolResult(_endpoint_content(response))
-        return error_result("server_error", f"{problem} ({HTTP_ATTEMPTS} tries)")
+        try:
+            response = request_with_retries(
+                "POST",
+                url,
+                json=payload,
+                headers=self.headers,
+                timeout_s=self.timeout_s,
+                attempts=HTTP_ATTEMPTS,
+                backoff_s=HTTP_BACKOFF_S,
+            )
+        except EndpointFailure as failure:
+            kind = {"timeout": "timeout", "client_error": "tool_error"}.get(failure.kind)
+            return error_result(kind or "server_error", str(failure))
+        return ToolResult(_endpoint_content(response))
 
     def close(self) -> None:
         with self._lock:

@@ -4,7 +4,12 @@ turned into what grading and the update need (samples, combined rewards, per-tur
 - Tools only (`env.tools`, `env.tool_endpoints`): the built-in ToolEnvironment runs the
   calls the model's own format expresses (the parser the chat template implies); a row's
   `tools` schemas are shown to the model, or the file's when the row has none.
-- An environment (`env.environment = "file.py:make_env"`): the user's object answers turns.
+- An environment (`env.environment = "file.py:make_env"`): the user's object answers turns;
+  or an environment service (`env.environment = "http://host:port"`,
+  openrft/rollout/remote_env.py) answers them over HTTP; or an OpenEnv server
+  (`env.openenv_url`, openrft/rollout/openenv_env.py).
+- An agent (`env.agent = "file.py:run"`): the user's function calls the policy through an
+  OpenAI client (openrft.rollout.agents) and returns the episode's reward.
 - Rewards (`env.reward`): "episode" = the grader's score of the whole conversation; "turns" =
   the sum of the environment's per-turn rewards (no grader call); "sum" = both. An episode
   whose environment failed is a failed grade (left out, counted), never a reward of 0.
@@ -13,8 +18,8 @@ turned into what grading and the update need (samples, combined rewards, per-tur
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,9 @@ from openrft.config import EnvConfig, JobConfig
 from openrft.data import encode_prompt
 from openrft.data.tool_rows import chat_tool
 from openrft.errors import ConfigError
+from openrft.rewards.grader import to_grade
+from openrft.rollout.agent_proxy import AgentProxy
+from openrft.rollout.agents import run_agent_episodes
 from openrft.rollout.bridge import ChatBridge
 from openrft.rollout.environment import (
     Runner,
@@ -31,10 +39,12 @@ from openrft.rollout.environment import (
     UserEnvironment,
     load_environment_factory,
 )
-from openrft.rollout.episodes import Episode, EpisodeLimits, EpisodeSetup
+from openrft.rollout.episodes import Episode, EpisodeLimits, EpisodeSetup, run_episodes
+from openrft.rollout.openenv_env import OpenEnvService, OpenEnvSettings
+from openrft.rollout.remote_env import RemoteService, RemoteSettings, is_remote
 from openrft.rollout.tool_calls import ParsedTurn, parser_for
 from openrft.rollout.tools import ToolBox
-from openrft.types import Completion, Example, Grade, Sample
+from openrft.types import Completion, Example, Grade, Sample, SamplingParams
 
 CUT_REASONS = ("max_turns", "length", "timeout")  # limits that cut an episode short
 BUILTIN = "builtin:"
@@ -61,15 +71,54 @@ class EpisodeJob:
     config: EnvConfig
     tools: ToolBox | None
     parser_name: str
+    service: RemoteService | OpenEnvService | None = None  # a remote environment's client
+    agent: Callable[..., Any] | None = None  # env.agent's function
+    proxy: AgentProxy | None = None  # serves the agent's calls (started on the first run)
+
+    def run(
+        self,
+        engine: Any,
+        examples: Sequence[Example],
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+    ) -> list[list[Completion]]:
+        """params.n episodes per example: the engine against the environment or tools, or
+        the agent function calling the engine through the proxy."""
+        if self.agent is None:
+            return run_episodes(engine, examples, prompt_ids, params, self.setup)
+        limits = self.setup.limits
+        per_call = replace(params, n=1, max_new_tokens=limits.max_new_tokens)
+        if self.proxy is None:
+            self.proxy = AgentProxy(
+                engine.generate,
+                self.setup.tokenizer,
+                self.chat_template,
+                per_call,
+                limits.max_turns,
+                limits.max_tokens,
+                self.setup.end_token_ids,
+            )
+        self.proxy.generate, self.proxy.params = engine.generate, per_call
+        return run_agent_episodes(
+            self.proxy, self.agent, examples, params.n, self.setup.runner, limits.timeout_s
+        )
+
+    @property
+    def chat_template(self) -> str:
+        return "model" if getattr(self.setup.tokenizer, "chat_template", None) else "plain"
 
     def describe(self) -> str:
         """For the job's log: what answers the turns, and the limits."""
         env, limits = self.config, self.setup.limits
-        what = (
-            f"tools {', '.join(self.tools.names) or '(from the rows)'} ({self.parser_name} calls)"
-            if self.tools is not None
-            else f"environment {env.environment}"
-        )
+        if self.tools is not None:
+            names = ", ".join(self.tools.names) or "(from the rows)"
+            what = f"tools {names} ({self.parser_name} calls)"
+        elif self.agent is not None:
+            what = f"agent {env.agent} (its calls served by the policy)"
+        elif env.openenv_url:
+            what = f"OpenEnv server {env.openenv_url} (actions: {env.openenv_action})"
+        else:
+            what = f"environment {env.environment}"
         return (
             f"{what}; up to {limits.max_turns} turns, {limits.max_tokens} tokens, "
             f"{limits.timeout_s:g} s per episode; reward: {env.reward}"
@@ -79,6 +128,10 @@ class EpisodeJob:
         self.setup.runner.close()
         if self.tools is not None:
             self.tools.close()
+        if self.service is not None:
+            self.service.close()
+        if self.proxy is not None:
+            self.proxy.stop()
 
 
 def row_tools(example: Example, tools: ToolBox | None) -> list[dict[str, Any]] | None:
@@ -101,6 +154,8 @@ def episode_job(
         return None
     template = config.model.chat_template
     tools: ToolBox | None = None
+    service: RemoteService | OpenEnvService | None = None
+    agent: Callable[..., Any] | None = None
     if env.tools or env.tool_endpoints:
         tools = ToolBox(
             builtin_file(env.tools, "tools", "env.tools") or None,
@@ -114,15 +169,54 @@ def episode_job(
         def make_env(example: Example) -> Any:
             return ToolEnvironment(tools, row_tools(example, None) or ())
 
+    elif env.agent:
+        reference = env.agent
+        if reference.startswith(BUILTIN):  # a built-in agent's function is run
+            reference = builtin_file(reference, "agents", "env.agent") + ":run"
+        agent = load_environment_factory(reference, "env.agent", "file.py:run")
+        parser_name, parser = "none", ParsedTurn
+
+        def make_env(example: Example) -> Any:
+            raise AssertionError("an agent's episodes have no environment object")
+
+    elif env.openenv_url:
+        openenv = OpenEnvService(
+            OpenEnvSettings(
+                env.openenv_url.rstrip("/"),
+                env.openenv_action,
+                env.remote_timeout_s,
+                env.remote_headers,
+                env.openenv_max_sessions or None,
+            )
+        )
+        openenv.check()
+        service = openenv
+        parser_name, parser = _environment_parser(env, tokenizer)
+
+        def make_env(example: Example) -> Any:
+            return openenv.environment(example.item())
+
+    elif is_remote(env.environment):
+        service = RemoteService(
+            RemoteSettings(
+                env.environment.rstrip("/"),
+                env.remote_timeout_s,
+                env.remote_retries + 1,
+                headers=env.remote_headers,
+            )
+        )
+        service.check()
+        parser_name, parser = _environment_parser(env, tokenizer)
+
+        def make_env(example: Example) -> Any:
+            return service.environment(example.item())
+
     else:
         reference = env.environment
         if reference.startswith(BUILTIN):  # a built-in environment's factory is make_env
             reference = builtin_file(reference, "envs", "env.environment") + ":make_env"
         factory = load_environment_factory(reference)
-        if env.tool_parser == "auto":  # an environment reads the turn's text itself
-            parser_name, parser = "none", ParsedTurn
-        else:
-            parser_name, parser = parser_for(env.tool_parser, tokenizer.chat_template)
+        parser_name, parser = _environment_parser(env, tokenizer)
 
         def make_env(example: Example) -> Any:
             return UserEnvironment(factory(example.item()), env.environment)
@@ -153,7 +247,14 @@ def episode_job(
         end_token_ids,
         config.rollout.stop,
     )
-    return EpisodeJob(setup, env, tools, parser_name)
+    return EpisodeJob(setup, env, tools, parser_name, service, agent)
+
+
+def _environment_parser(env: EnvConfig, tokenizer: Any) -> tuple[str, Any]:
+    """An environment reads the turn's text itself unless env.tool_parser names a format."""
+    if env.tool_parser == "auto":
+        return "none", ParsedTurn
+    return parser_for(env.tool_parser, tokenizer.chat_template)
 
 
 def episode_sample(example: Example, index: int, completion: Completion) -> Sample:
@@ -191,6 +292,15 @@ def combined_grade(episode: Episode, grade: Grade | None, mode: str) -> Grade:
 
 def needs_grader(mode: str) -> bool:
     return mode != "turns"
+
+
+def agent_grade(episode: Episode) -> Grade:
+    """An agent's episode's grade: what its function returned (a number, or a dict of
+    numbers with "score"); a failure when it raised, timed out or returned nothing."""
+    if episode.finish_reason in ("error", "timeout") or episode.outcome is None:
+        kind = "timeout" if episode.finish_reason == "timeout" else "runtime_error"
+        return Grade.failed(kind, f"agent: {episode.error}")
+    return to_grade(episode.outcome, "agent", 0.0)
 
 
 def per_turn_rewards(

@@ -20,8 +20,14 @@ from typing import Protocol
 from openrft.metrics import names
 from openrft.rewards import Grader, grade_safely
 from openrft.rollout.engine import RolloutEngine
-from openrft.rollout.episodes import Episode, run_episodes
-from openrft.train.episodes import EpisodeJob, combined_grade, episode_sample, needs_grader
+from openrft.rollout.episodes import Episode
+from openrft.train.episodes import (
+    EpisodeJob,
+    agent_grade,
+    combined_grade,
+    episode_sample,
+    needs_grader,
+)
 from openrft.types import Completion, Example, Grade, RolloutGroup, Sample, SamplingParams
 
 # The share of prompts that keep their group, assumed at least this when sizing the next
@@ -68,7 +74,7 @@ def collect_groups(
     if episodes is None:
         completions = engine.generate(prompt_ids, params)
     else:
-        completions = run_episodes(engine, examples, prompt_ids, params, episodes.setup)
+        completions = episodes.run(engine, examples, prompt_ids, params)
     version = engine.policy_version
     generated = time.monotonic()
     samples = [
@@ -110,6 +116,8 @@ def grade_samples(
     if episodes is None:
         return grade_safely(grader, samples)
     flat = [c for group in completions for c in group]
+    if episodes.agent is not None:  # the agent's function returned the reward
+        return [agent_grade(c.episode) for c in flat]
     mode = episodes.config.reward
     graded = [i for i, c in enumerate(flat) if c.finish_reason != "error" and needs_grader(mode)]
     by_index = dict(zip(graded, grade_safely(grader, [samples[i] for i in graded]), strict=True))
@@ -236,6 +244,14 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     turn_rewards = [t.reward for e in episodes for t in e.turns if t.reward is not None]
     if turn_rewards:
         metrics[names.TURN_REWARD_MEAN] = statistics.fmean(turn_rewards)
+    reported: dict[str, list[float]] = {}
+    for episode in episodes:
+        for name, value in episode.env_metrics().items():
+            reported.setdefault(name, []).append(value)
+    for name, values in sorted(reported.items()):
+        metrics[names.ENV_METRIC_PREFIX + name] = statistics.fmean(values)
+    if any(e.outcome is not None or e.branches for e in episodes):  # an agent's episodes
+        metrics[names.EPISODE_UNMERGED_CALLS] = sum(len(e.branches) for e in episodes)
     return metrics
 
 
@@ -286,6 +302,8 @@ def episode_record(episode: Episode) -> dict:
         "messages": messages,
         "turns": len(episode.turns),
         "turn_rewards": [t.reward for t in episode.turns],
+        "turn_metrics": [dict(t.metrics) for t in episode.turns],
+        **({"unmerged_calls": len(episode.branches)} if episode.branches else {}),
         "sampled_tokens": episode.sampled_tokens,
         "tool_calls": episode.tool_calls,
         "tool_errors": episode.tool_errors(),

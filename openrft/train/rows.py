@@ -155,4 +155,16 @@ def training_rows(
             rows.append(
                 TrainRow.from_segments(prompt, segments, tuple(by_segment), group.policy_version)
             )
+            # An agent's calls that did not extend the episode's tokens: rows of their own,
+            # with the episode's advantage.
+            for branch in completion.episode.branches if completion.episode else ():
+                parts = branch.segments()
+                rows.append(
+                    TrainRow.from_segments(
+                        branch.prompt_token_ids,
+                        parts,
+                        (turn_advantages[0],) * len(parts),
+                        group.policy_version,
+                    )
+                )
     return rows

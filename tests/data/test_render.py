@@ -54,3 +54,27 @@ def test_tokenizer_without_chat_template(tiny_tokenizer) -> None:
 def test_unknown_template_name(tiny_tokenizer) -> None:
     with pytest.raises(ConfigError, match="unknown value 'chatml'"):
         render_prompt(MESSAGES, tiny_tokenizer, "chatml")
+
+
+def test_tool_call_arguments_reach_the_template_as_objects() -> None:
+    """OpenAI sends arguments as a JSON string; Qwen2.5-style templates write them with
+    `tojson`, which would quote the string again: the model would be shown calls unlike the
+    ones it writes (and imitate them)."""
+    from tiny_model import build_tool_tokenizer
+
+    from openrft.data.render import template_messages
+
+    call = {"id": "c0", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    bad = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "not json"}}
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [call, bad]},
+    ]
+    shaped = template_messages(messages)
+    assert shaped[1]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
+    assert shaped[1]["tool_calls"][1] == bad  # not JSON: left as sent
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'  # not mutated
+    text = render_prompt(
+        messages[:1] + [{**messages[1], "tool_calls": [call]}], build_tool_tokenizer()
+    )
+    assert '"arguments": {"a": 1}}' in text and '\\"a\\"' not in text

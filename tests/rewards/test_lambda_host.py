@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from openrft.errors import GraderError
-from openrft.rewards.lambda_host import background, load_handler, make_app
+from openrft.net import background
+from openrft.rewards.lambda_host import load_handler, make_app
 from openrft.rewards.remote import GRADER_TYPES
 from openrft.rewards.spec import SpecContext
 

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from openrft.errors import GraderError
+from openrft.net import background
 from openrft.rewards.grader import grade_safely
-from openrft.rewards.lambda_host import background, make_app
+from openrft.rewards.lambda_host import make_app
 from openrft.rewards.remote import GRADER_TYPES, LambdaGrader
 from openrft.rewards.spec import SpecContext
 from openrft.types import Grade, Sample

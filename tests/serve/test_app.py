@@ -26,7 +26,8 @@ from openrft.errors import ModelError
 from openrft.rewards.grader import grade_safely
 from openrft.rewards.judge import GRADER_TYPES
 from openrft.rewards.spec import SpecContext
-from openrft.serve.app import create_app, parse_request
+from openrft.rollout.openai_chat import parse_request
+from openrft.serve.app import create_app
 
 from . import running_server
 

@@ -14,7 +14,8 @@ import openai
 import pytest
 import torch
 
-from openrft.serve.app import build_app, load_chat_model, parse_request
+from openrft.rollout.openai_chat import parse_request
+from openrft.serve.app import build_app, load_chat_model
 from openrft.serve.batching import Batcher
 from openrft.serve.invocations import SCHEMA, InvocationLog
 from openrft.types import SamplingParams
@@ -155,7 +156,7 @@ def test_concurrent_clients_are_batched_and_every_call_is_logged(chat, tmp_path:
     [{"k": 1}, {f"k{i}": "v" for i in range(17)}, {"k": "v" * 513}, ["team"]],
 )
 def test_bad_metadata_is_refused(metadata) -> None:
-    from openrft.serve.app import RequestError
+    from openrft.rollout.openai_chat import RequestError
 
     with pytest.raises(RequestError, match="metadata"):
         parse_request({"messages": [{"role": "user", "content": "x"}], "metadata": metadata})

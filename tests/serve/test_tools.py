@@ -13,7 +13,8 @@ import torch
 from tiny_model import CHATML_TOOLS
 
 from openrft.models.load import load_model
-from openrft.serve.app import ChatModel, _chunks, build_app, parse_request
+from openrft.rollout.openai_chat import parse_request, stream_chunks
+from openrft.serve.app import ChatModel, build_app
 from openrft.types import Completion
 
 from . import running_server
@@ -87,7 +88,7 @@ def test_a_call_the_model_writes_comes_back_as_tool_calls(chat):
     # streamed: a role chunk, then the call as a delta, then finish_reason tool_calls
     reply = {"id": "x", "created": 1, "model": "m", "choices": [
         {"index": 0, "message": message, "finish_reason": reason}]}  # fmt: skip
-    events = [json.loads(e[6:]) for e in _chunks(reply, False) if e != "data: [DONE]\n\n"]
+    events = [json.loads(e[6:]) for e in stream_chunks(reply, False) if e != "data: [DONE]\n\n"]
     deltas = [e["choices"][0]["delta"] for e in events]
     assert deltas[1]["tool_calls"][0]["function"]["name"] == "multiply"
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"

@@ -62,12 +62,47 @@ def test_an_environment_job_trains_on_episodes(tmp_path, tiny_model_dir, advanta
     completion = rollouts[0]["completions"][0]
     assert completion["messages"][0]["role"] == "assistant"
     assert len(completion["turn_rewards"]) == completion["turns"]
+    assert [m.get("hit") for m in completion["turn_metrics"]] == completion["turn_rewards"]
+    assert 0 <= step["env/hit"] <= 1  # the environment's own metric, logged per step
     if completion["turns"] > 1:
         assert completion["messages"][1] == {"role": "user", "content": "more "}
     assert step["policy/entropy"] > 0 and step["train/tokens_trained"] > 0
     assert step["episode/tool_error_rate"] == 0
     assert (run_dir / "episodes.png").stat().st_size > 1000  # plotted in the report
     assert "episodes.png" in (run_dir / "report.md").read_text()
+
+
+AGENT_PY = """
+async def run(client, item):
+    # Two calls, the second after a user turn the agent writes; a reward from the replies.
+    messages = list(item["messages"])
+    first = await client.chat.completions.create(model="my-model", messages=messages)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "again"}]
+    second = await client.chat.completions.create(model="my-model", messages=messages)
+    text = first.choices[0].message.content + second.choices[0].message.content
+    return {"score": float(len(text) % 3) / 2, "chars": float(len(text))}
+"""
+
+
+def test_an_agent_job_trains_on_the_agents_calls(tmp_path, tiny_model_dir):
+    (tmp_path / "my_agent.py").write_text(AGENT_PY)
+    config = tiny_job(
+        tmp_path, tiny_model_dir, f"env.agent={tmp_path / 'my_agent.py'}:run", "train.max_steps=2"
+    )
+    run_dir = tmp_path / "run"
+    train(config, run_dir, show_progress=False)
+    metrics = read(run_dir / "metrics.jsonl")
+    step = metrics[1]
+    # Both calls of each of the 8 episodes: in its row, or (the random model's text does not
+    # re-tokenize as sampled) in a row of their own.
+    assert step["episode/turns_mean"] * 8 + step["episode/unmerged_calls"] == 16
+    assert step["reward/chars/mean"] > 0 and step["reward/error_rate"] == 0
+    assert step["train/tokens_trained"] > 0 and step["time/env_s"] >= 0
+    assert "val/episode/turns_mean" in metrics[0]  # validation runs the agent too
+    completion = read(run_dir / "rollouts.jsonl")[0]["completions"][0]
+    assert [m["role"] for m in completion["messages"]][:1] == ["assistant"]
+    assert completion["components"]["chars"] >= 0
 
 
 def test_a_tool_job_on_a_model_without_tool_support_is_refused(tmp_path, tiny_model_dir):
@@ -82,6 +117,8 @@ def test_env_config_conflicts_are_named(tmp_path, tiny_model_dir):
         tiny_job(tmp_path, tiny_model_dir, "env.tools=t.py", "env.environment=e.py:f")
     with pytest.raises(ConfigError, match="algo.overlong_buffer"):
         tiny_job(tmp_path, tiny_model_dir, "env.tools=t.py", "algo.overlong_buffer=2")
+    with pytest.raises(ConfigError, match="env.agent"):
+        tiny_job(tmp_path, tiny_model_dir, "env.agent=a.py:run", "env.tools=t.py")
     with pytest.raises(ConfigError, match="env.tool_endpoints.x"):
         tiny_job(tmp_path, tiny_model_dir, "env.tool_endpoints={x='ftp://a'}")
 

@@ -1,12 +1,13 @@
-"""Tool calling in the chat server, as OpenAI's API does it: `tools` and `tool_choice` in the
-request, the model shown its tools through its chat template, its calls read by the parser
-its template implies (openrft.rollout.tool_calls) and returned as `tool_calls` with
-`finish_reason: "tool_calls"`; assistant turns with `tool_calls` and `tool` turns answering
-them by `tool_call_id` accepted in `messages`, so a client runs the loop.
+"""Tool calling in OpenAI's Chat Completions protocol (the chat server and the agent proxy), as
+OpenAI's API does it: `tools` and `tool_choice` in the request, the model shown its tools
+through its chat template, its calls read by the parser its template implies
+(openrft.rollout.tool_calls) and returned as `tool_calls` with `finish_reason: "tool_calls"`;
+assistant turns with `tool_calls` and `tool` turns answering them by `tool_call_id` accepted in
+`messages`, so a client runs the loop.
 
-`tool_choice`: "auto" (the default with tools) and "none" (tools not shown). "required" and
-a named function need constrained decoding, which this server does not do: refused with a
-400, never silently treated as "auto".
+`tool_choice`: "auto" (the default with tools) and "none" (tools not shown). "required" and a
+named function need constrained decoding, which this server does not do: refused with a 400,
+never silently treated as "auto".
 """
 
 from __future__ import annotations

@@ -1,0 +1,279 @@
+"""The agent proxy: an OpenAI-compatible chat endpoint on loopback whose completions come from
+the rollout engine, recorded token for token for training (openrft.rollout.agents).
+
+Each episode has its own key, given to the agent's client as its API key (`Authorization:
+Bearer <key>`), so the proxy knows whose call it serves whatever model name the agent asks
+for. A call's messages (and `tools`) are rendered by the policy's chat template; the engine
+samples the reply with the job's sampling parameters (the policy being trained is the one
+that must sample: the request's temperature and top_p are not used; its `max_tokens` and
+`stop` are, within `rollout.max_new_tokens`); the reply comes back in OpenAI's shape, with
+`tool_calls` when the model called tools, as one body or as stream events. Every call keeps
+its prompt token ids, sampled token ids and log-probs.
+
+Batching: the engine decodes one batch at a time; a call waits until every running agent is
+waiting on the model (they then decode together) or `window_s` has passed since it came (an
+agent busy with its own tools does not hold the others up).
+
+Limits answer like an API would (400 with an OpenAI error): more than `env.max_turns` calls
+("max_turns"), a prompt that leaves no room in `env.max_episode_tokens` ("length"); the
+episode is marked, and the agent decides what to do with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from openrft.data.render import encode_prompt
+from openrft.errors import ConfigError
+from openrft.net import background
+from openrft.rollout.openai_chat import (
+    ChatRequest,
+    RequestError,
+    completion_body,
+    error_response,
+    parse_request,
+    reply_message,
+    stream_chunks,
+)
+from openrft.rollout.tool_calls import ToolCallParser, parser_for
+from openrft.types import Completion, FinishReason, SamplingParams
+
+Generate = Callable[[Sequence[Sequence[int]], SamplingParams], list[list[Completion]]]
+
+
+@dataclass(frozen=True)
+class AgentCall:
+    """One chat completion an agent asked for, as the policy saw and sampled it."""
+
+    messages: tuple[dict[str, Any], ...]  # the request's messages
+    tools: tuple[dict[str, Any], ...]  # the tools shown to the model
+    prompt_ids: tuple[int, ...]  # the messages as the chat template rendered them
+    completion: Completion  # the sampled tokens (and log-probs where the engine gives them)
+    reply: dict[str, Any]  # the assistant message returned to the agent
+    generate_s: float = 0.0  # time in the engine's batch
+
+
+@dataclass
+class EpisodeCalls:
+    """What the proxy knows of one running episode."""
+
+    calls: list[AgentCall] = field(default_factory=list)
+    limit: FinishReason | None = None  # the first limit a call ran into
+    model_s: float = 0.0  # time the agent waited on the model
+
+
+@dataclass
+class _Pending:
+    prompt: list[int]
+    params: SamplingParams
+    future: asyncio.Future
+    since: float = field(default_factory=time.monotonic)
+
+
+class AgentProxy:
+    """Serves agents' chat calls from `generate` (the rollout engine's, one batch at a time)."""
+
+    def __init__(
+        self,
+        generate: Generate,
+        tokenizer: Any,
+        chat_template: str,
+        params: SamplingParams,
+        max_turns: int,
+        max_tokens: int,
+        end_token_ids: frozenset[int],
+        model_id: str = "policy",
+        window_s: float = 0.02,
+    ):
+        self.generate = generate
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.params = params  # the job's sampling; max_new_tokens is the per-call cap
+        self.max_turns, self.max_tokens = max_turns, max_tokens
+        self.model_id = model_id
+        self.window_s = window_s
+        self.end_token_ids = end_token_ids  # where a turn's raw text ends (tool-call parsing)
+        self.episodes: dict[str, EpisodeCalls] = {}
+        self.running = 0  # agents running now (their calls may batch together)
+        self.lock = threading.Lock()
+        self._parser: ToolCallParser | None = None
+        self._pending: list[_Pending] = []
+        self._in_batch = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._seed = params.seed
+        self._server: contextlib.AbstractContextManager[str] | None = None
+        self.url = ""
+
+    # The job's side: open an episode's key, close it, start and stop the server.
+
+    def start(self) -> str:
+        """Start the HTTP server (once); its base URL, ending in /v1/."""
+        if self._server is None:
+            self._server = background(self._app())
+            self.url = self._server.__enter__() + "v1/"
+        return self.url
+
+    def open(self) -> str:
+        """A new episode's key (its client's API key)."""
+        key = "openrft-" + secrets.token_hex(12)
+        with self.lock:
+            self.episodes[key] = EpisodeCalls()
+            self.running += 1
+        return key
+
+    def close(self, key: str) -> EpisodeCalls:
+        """The episode's calls; its key stops working."""
+        with self.lock:
+            self.running -= 1
+            return self.episodes.pop(key)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.__exit__(None, None, None)
+            self._server = None
+
+    # The server's side.
+
+    def _app(self) -> FastAPI:
+        app = FastAPI(title="openrft agent proxy", docs_url=None, redoc_url=None)
+
+        async def models() -> dict[str, Any]:
+            entry = {"id": self.model_id, "object": "model", "owned_by": "openrft"}
+            return {"object": "list", "data": [entry]}
+
+        async def chat_completions(request: Request) -> Response:
+            try:
+                return await self._serve(request)
+            except RequestError as error:
+                return error_response(error.status, error.message, error.param, error.code)
+
+        app.add_api_route("/v1/models", models, methods=["GET"])
+        app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+        return app
+
+    async def _serve(self, request: Request) -> Response:
+        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        episode = self.episodes.get(key)
+        if episode is None:
+            raise RequestError("unknown API key: use the client openrft gave the agent", status=401)
+        try:
+            body = await request.json()
+        except ValueError as error:
+            raise RequestError(f"the request body is not JSON: {error}") from error
+        chat = parse_request(body)
+        if chat.params.n != 1:
+            raise RequestError("an agent's call samples one reply ('n' must be 1)", "n")
+        prompt, params = self._prepare(chat, episode)
+        started = time.monotonic()
+        completion = await self._submit(prompt, params)
+        waited = time.monotonic() - started
+        parser = self._tool_parser() if chat.tools and chat.tools.shown else None
+        reply, reason = reply_message(completion, chat, self.tokenizer, self.end_token_ids, parser)
+        shown = tuple(chat.tools.shown) if chat.tools else ()
+        with self.lock:
+            episode.calls.append(
+                AgentCall(tuple(chat.messages), shown, tuple(prompt), completion, reply, waited)
+            )
+            episode.model_s += waited
+        answer = completion_body(self.model_id, len(prompt), [completion], [(reply, reason)])
+        if chat.stream:
+            chunks = stream_chunks(answer, chat.include_usage)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        return JSONResponse(answer)
+
+    def _prepare(self, chat: ChatRequest, episode: EpisodeCalls) -> tuple[list[int], Any]:
+        """The prompt's ids and this call's sampling: the job's, capped by the request's
+        max_tokens and the episode's token budget; limits marked on the episode."""
+        if len(episode.calls) >= self.max_turns:
+            episode.limit = episode.limit or "max_turns"
+            raise RequestError(
+                f"this episode has made its {self.max_turns} calls (env.max_turns)",
+                code="max_turns_exceeded",
+            )
+        tools = chat.tools.shown if chat.tools else ()
+        if tools:
+            self._tool_parser()  # a model that cannot take tools: 400 before generating
+        prompt = encode_prompt(chat.messages, self.tokenizer, self.chat_template, tools)
+        room = self.max_tokens - len(prompt)
+        if room < 1:
+            episode.limit = episode.limit or "length"
+            raise RequestError(
+                f"the prompt has {len(prompt)} tokens: the episode's budget is "
+                f"{self.max_tokens} (env.max_episode_tokens)",
+                "messages",
+                "context_length_exceeded",
+            )
+        cap = min(self.params.max_new_tokens, room)
+        if chat.max_tokens_given:
+            cap = min(cap, chat.params.max_new_tokens)
+        stop = tuple(dict.fromkeys((*self.params.stop, *chat.params.stop)))
+        return prompt, replace(self.params, n=1, max_new_tokens=cap, stop=stop)
+
+    def _tool_parser(self) -> ToolCallParser:
+        if self._parser is None:
+            try:
+                self._parser = parser_for("auto", getattr(self.tokenizer, "chat_template", ""))[1]
+            except ConfigError as error:
+                raise RequestError(f"this model cannot take tools: {error}", "tools") from error
+        return self._parser
+
+    # Batching, on the server's event loop.
+
+    async def _submit(self, prompt: list[int], params: SamplingParams) -> Completion:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(prompt, params, future))
+        self._maybe_flush()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._on_timer)
+        return await future
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._maybe_flush(force=True)
+        if self._pending:  # a batch is running: look again when the window has passed
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._on_timer)
+
+    def _maybe_flush(self, force: bool = False) -> None:
+        if self._in_batch or not self._pending:
+            return
+        everyone_waits = len(self._pending) >= self.running
+        if force or everyone_waits:
+            asyncio.get_running_loop().create_task(self._run_batch())
+
+    async def _run_batch(self) -> None:
+        if self._in_batch or not self._pending:
+            return
+        # Calls that sample alike (cap and stop strings) share a batch; the oldest goes first.
+        key = _batch_key(self._pending[0].params)
+        batch = [p for p in self._pending if _batch_key(p.params) == key]
+        self._pending = [p for p in self._pending if _batch_key(p.params) != key]
+        self._in_batch = len(batch)
+        self._seed += 1
+        params = replace(batch[0].params, seed=self._seed)
+        try:
+            results = await asyncio.to_thread(self.generate, [p.prompt for p in batch], params)
+        except Exception as error:  # every call of the batch gets the failure
+            for pending in batch:
+                pending.future.set_exception(
+                    RequestError(f"generation failed: {error!r}", status=500)
+                )
+        else:
+            for pending, completions in zip(batch, results, strict=True):
+                pending.future.set_result(completions[0])
+        finally:
+            self._in_batch = 0
+        self._maybe_flush(force=True)  # who waited through this batch goes now
+
+
+def _batch_key(params: SamplingParams) -> tuple[int, tuple[str, ...]]:
+    return params.max_new_tokens, params.stop

@@ -1,0 +1,178 @@
+"""Agents written against an OpenAI client, trained as they are (`env.agent = "my_agent.py:run"`).
+
+    async def run(client: openai.AsyncOpenAI, item: dict) -> float | dict
+
+gets a client bound to the policy being trained (the agent proxy, openrft.rollout.agent_proxy:
+any model name works) and the dataset row as reward functions see it. It calls
+`client.chat.completions.create(...)` as often as it likes (with tools, streaming or not),
+runs its own tools and logic, and returns the episode's reward: a number, or a dict of
+numbers with "score" (the other entries are logged). A plain `def run(client, item)` gets a
+sync `openai.OpenAI` client and runs on a worker thread.
+
+Training rows come from the calls, never from re-tokenized text: a call whose prompt extends
+the previous call's prompt and completion token for token continues that row (the new
+tokens between are the environment's, loss mask 0); a call that does not (the agent rewrote
+or trimmed its history) starts a row of its own, trained with the episode's advantage
+(counted: `episode/unmerged_calls`). An agent that raises, returns no reward, or outlives
+`env.episode_timeout_s` fails its episode (finish "error" / "timeout"), counted, never the
+step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from openrft.rollout.agent_proxy import AgentCall, AgentProxy, EpisodeCalls
+from openrft.rollout.environment import Runner
+from openrft.rollout.episodes import Episode, Turn
+from openrft.types import Completion, Example, FinishReason
+
+
+def run_agent_episodes(
+    proxy: AgentProxy,
+    agent: Callable[..., Any],
+    examples: Sequence[Example],
+    n: int,
+    runner: Runner,
+    timeout_s: float,
+) -> list[list[Completion]]:
+    """n episodes of `agent` per example, run concurrently (at most runner.max_concurrent at
+    once); each a Completion carrying its Episode."""
+    url = proxy.start()
+    limit = asyncio.Semaphore(runner.max_concurrent)  # used on the runner's loop only
+    is_async = inspect.iscoroutinefunction(agent)
+
+    async def one(example: Example) -> Episode:
+        async with limit:
+            if is_async:
+                return await _async_episode(proxy, agent, example, url, timeout_s)
+            return await asyncio.to_thread(_sync_episode, proxy, agent, example, url, timeout_s)
+
+    futures = [runner.submit(lambda e=e: one(e)) for e in examples for _ in range(n)]
+    episodes = [future.result() for future in futures]
+    completions = [episode.completion() for episode in episodes]
+    return [completions[p * n : (p + 1) * n] for p in range(len(examples))]
+
+
+async def _async_episode(
+    proxy: AgentProxy, agent: Callable[..., Any], example: Example, url: str, timeout_s: float
+) -> Episode:
+    import openai
+
+    key = proxy.open()
+    started = time.monotonic()
+    client = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=timeout_s)
+    finish: FinishReason = "stop"
+    outcome, error = None, None
+    try:
+        outcome = await asyncio.wait_for(agent(client, example.item()), timeout_s)
+    except TimeoutError:
+        finish, error = "timeout", f"the agent did not return within {timeout_s:g} s"
+    except Exception as failure:  # the agent's own error, shown on the episode
+        finish, error = "error", f"the agent raised {failure!r}"
+    finally:
+        await client.close()
+        calls = proxy.close(key)
+    return _finished(calls, outcome, finish, error, time.monotonic() - started)
+
+
+def _sync_episode(
+    proxy: AgentProxy, agent: Callable[..., Any], example: Example, url: str, timeout_s: float
+) -> Episode:
+    import openai
+
+    key = proxy.open()
+    started = time.monotonic()
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=timeout_s)
+    finish: FinishReason = "stop"
+    outcome, error = None, None
+    try:
+        outcome = agent(client, example.item())
+    except Exception as failure:
+        finish, error = "error", f"the agent raised {failure!r}"
+    finally:
+        client.close()
+        calls = proxy.close(key)
+    if finish == "stop" and time.monotonic() - started > timeout_s:  # cannot be interrupted
+        finish, error = "timeout", f"the agent took longer than {timeout_s:g} s"
+    return _finished(calls, outcome, finish, error, time.monotonic() - started)
+
+
+def _finished(
+    calls: EpisodeCalls, outcome: Any, finish: FinishReason, error: str | None, wall_s: float
+) -> Episode:
+    if finish == "stop" and outcome is None:
+        finish, error = "error", "the agent returned None: return its reward (or a dict)"
+    if finish == "stop" and calls.limit is not None:
+        finish = calls.limit  # it ran into a limit and still returned a reward: a cut episode
+    episode = episode_from_calls(calls.calls, finish, error, outcome)
+    # env_s of an agent's episode: its own work (its tools, its logic), not the model's.
+    return replace(episode, env_s=max(0.0, wall_s - calls.model_s))
+
+
+def episode_from_calls(
+    calls: Sequence[AgentCall],
+    finish: FinishReason = "stop",
+    error: str | None = None,
+    outcome: Any = None,
+) -> Episode:
+    """The calls as rows: each call joins the row whose tokens its prompt extends (the
+    tokens in between are the environment's), or starts a row. The row of the first call
+    is the episode; the others are its branches."""
+    rows: list[list[AgentCall]] = []
+    for call in calls:
+        for row in rows:
+            tip = row[-1]
+            sofar = tip.prompt_ids + tip.completion.token_ids
+            if call.prompt_ids[: len(sofar)] == sofar:
+                row.append(call)
+                break
+        else:
+            rows.append([call])
+    if not rows:  # the agent never called the model: a reward, but nothing to train
+        return Episode((), (), finish, error, outcome=outcome)
+    main, *others = (_row_episode(row, finish, error) for row in rows)
+    return Episode(
+        main.opening,
+        main.turns,
+        finish,
+        error,
+        prompt_token_ids=main.prompt_token_ids,
+        outcome=outcome,
+        branches=tuple(others),
+    )
+
+
+def _row_episode(row: Sequence[AgentCall], finish: FinishReason, error: str | None) -> Episode:
+    turns = []
+    for call, after in zip(row, [*row[1:], None], strict=True):
+        tool_calls = len(call.reply.get("tool_calls") or ())
+        if after is None:
+            turns.append(Turn(call.completion, call.reply, tool_calls=tool_calls))
+            continue
+        sofar = len(call.prompt_ids) + len(call.completion.token_ids)
+        # The messages the agent added after this reply (tool results, a user turn), when
+        # its history kept the reply where it was.
+        added = after.messages[len(call.messages) + 1 :]
+        turns.append(
+            Turn(
+                call.completion,
+                call.reply,
+                tuple(dict(m) for m in added),
+                after.prompt_ids[sofar:],
+                tool_calls=tool_calls,
+            )
+        )
+    first = row[0]
+    return Episode(
+        tuple(dict(m) for m in first.messages),
+        tuple(turns),
+        finish,
+        error,
+        prompt_token_ids=first.prompt_ids,
+    )
