@@ -114,6 +114,10 @@ def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: floa
     episodes.add_argument("--tools", help="tools file (or builtin:calculator): run episodes")
     episodes.add_argument("--environment", help="file.py:make_env (or builtin:NAME): run episodes")
     episodes.add_argument("--agent", help="file.py:run (docs/agents.md): its return is the reward")
+    episodes.add_argument("--openenv-url", help="an OpenEnv server (docs/openenv.md)")
+    episodes.add_argument(
+        "--openenv-action", default="json", help="json or text:<field> (with --openenv-url)"
+    )
     episodes.add_argument("--max-turns", type=_positive, default=6, help="assistant turns (6)")
     episodes.add_argument(
         "--env-reward", default="episode", choices=["episode", "turns", "sum"],
@@ -234,7 +238,8 @@ def evaluate_model(
 def episode_job_for(args: argparse.Namespace, tokenizer: Any, end_token_ids: frozenset[int]):
     """The episode machinery of `--tools` / `--environment` / `--agent` (None: single
     turns)."""
-    if not any(getattr(args, name, None) for name in ("tools", "environment", "agent")):
+    kinds = ("tools", "environment", "agent", "openenv_url")
+    if not any(getattr(args, name, None) for name in kinds):
         return None
     from openrft.config import load_config
     from openrft.train.episodes import episode_job
@@ -251,6 +256,11 @@ def episode_job_for(args: argparse.Namespace, tokenizer: Any, end_token_ids: fro
         overrides.append(f"env.environment={args.environment}")
     if args.agent:
         overrides.append(f"env.agent={args.agent}")
+    if args.openenv_url:
+        overrides += [
+            f"env.openenv_url={args.openenv_url}",
+            f"env.openenv_action={args.openenv_action}",
+        ]
     return episode_job(load_config(None, overrides), tokenizer, end_token_ids)
 
 

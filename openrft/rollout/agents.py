@@ -45,13 +45,10 @@ def run_agent_episodes(
     once); each a Completion carrying its Episode."""
     url = proxy.start()
     limit = asyncio.Semaphore(runner.max_concurrent)  # used on the runner's loop only
-    is_async = inspect.iscoroutinefunction(agent)
 
     async def one(example: Example) -> Episode:
         async with limit:
-            if is_async:
-                return await _async_episode(proxy, agent, example, url, timeout_s)
-            return await asyncio.to_thread(_sync_episode, proxy, agent, example, url, timeout_s)
+            return await _episode(proxy, agent, example, url, timeout_s)
 
     futures = [runner.submit(lambda e=e: one(e)) for e in examples for _ in range(n)]
     episodes = [future.result() for future in futures]
@@ -59,47 +56,35 @@ def run_agent_episodes(
     return [completions[p * n : (p + 1) * n] for p in range(len(examples))]
 
 
-async def _async_episode(
+async def _episode(
     proxy: AgentProxy, agent: Callable[..., Any], example: Example, url: str, timeout_s: float
 ) -> Episode:
+    """One run of the agent with a client under a fresh key. A sync agent runs on a worker
+    thread; past the timeout it is no longer waited for, and its key no longer served."""
     import openai
 
     key = proxy.open()
     started = time.monotonic()
-    client = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=timeout_s)
+    options = {"base_url": url, "api_key": key, "max_retries": 0, "timeout": timeout_s}
+    if inspect.iscoroutinefunction(agent):
+        client: Any = openai.AsyncOpenAI(**options)
+        running = agent(client, example.item())
+    else:
+        client = openai.OpenAI(**options)
+        running = asyncio.to_thread(agent, client, example.item())
     finish: FinishReason = "stop"
     outcome, error = None, None
     try:
-        outcome = await asyncio.wait_for(agent(client, example.item()), timeout_s)
+        outcome = await asyncio.wait_for(running, timeout_s)
     except TimeoutError:
         finish, error = "timeout", f"the agent did not return within {timeout_s:g} s"
     except Exception as failure:  # the agent's own error, shown on the episode
         finish, error = "error", f"the agent raised {failure!r}"
     finally:
-        await client.close()
         calls = proxy.close(key)
-    return _finished(calls, outcome, finish, error, time.monotonic() - started)
-
-
-def _sync_episode(
-    proxy: AgentProxy, agent: Callable[..., Any], example: Example, url: str, timeout_s: float
-) -> Episode:
-    import openai
-
-    key = proxy.open()
-    started = time.monotonic()
-    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=timeout_s)
-    finish: FinishReason = "stop"
-    outcome, error = None, None
-    try:
-        outcome = agent(client, example.item())
-    except Exception as failure:
-        finish, error = "error", f"the agent raised {failure!r}"
-    finally:
-        client.close()
-        calls = proxy.close(key)
-    if finish == "stop" and time.monotonic() - started > timeout_s:  # cannot be interrupted
-        finish, error = "timeout", f"the agent took longer than {timeout_s:g} s"
+        closing = client.close()
+        if inspect.isawaitable(closing):
+            await closing
     return _finished(calls, outcome, finish, error, time.monotonic() - started)
 
 

@@ -20,6 +20,7 @@ server's max_concurrent_envs, learned from its first refusal (or by `max_session
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -213,7 +214,9 @@ class OpenEnvEnvironment:
 
     def reset(self) -> list[dict[str, Any]]:
         seed = self.item.get("seed")
-        data = {"seed": seed} if isinstance(seed, int) and not isinstance(seed, bool) else {}
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            seed = row_seed(self.item)  # a row's G episodes face the same environment
+        data = {"seed": seed}
         try:
             answer = self._open_session({"type": "reset", "data": data})
         except BaseException:
@@ -321,6 +324,13 @@ class OpenEnvEnvironment:
             with contextlib.suppress(Exception):
                 socket.send(json.dumps({"type": "close"}))
         self._drop()
+
+
+def row_seed(item: Mapping[str, Any]) -> int:
+    """A seed from the row's id (or its messages): the same on every machine and run, so a
+    group's episodes, and a resumed run's, reset alike."""
+    key = str(item.get("id") or json.dumps(item.get("messages"), sort_keys=True))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % (1 << 31)
 
 
 def _text_field(mode: str, schema: dict[str, Any]) -> str | None:

@@ -3,7 +3,7 @@ OpenAI-shaped `tool_calls`, and the choice of parser from a model's chat templat
 
 - `hermes`: Qwen2.5 / Hermes / many fine-tunes write `<tool_call>{"name": ..., "arguments":
   {...}}</tool_call>`, one block per call, anywhere in the turn; a turn that is nothing but
-  one such JSON object (the tags left out, as small models often do) is a call too.
+  such JSON objects, one per line (the tags left out, as small models often do), is calls too.
 - `llama3_json`: Llama 3.1+ write the call as the whole turn, a JSON object `{"name": ...,
   "parameters": {...}}` (optionally after `<|python_tag|>`; several separated by `;`).
 
@@ -112,31 +112,38 @@ def parse_hermes(text: str) -> ParsedTurn:
         (calls if isinstance(call, ToolCall) else malformed).append(call)  # type: ignore[arg-type]
     content = _HERMES_BLOCK.sub("", text).strip()
     if not calls and not malformed:
-        bare = _bare_call(content)
-        if bare is not None:
-            return ParsedTurn("", (bare,))
+        bare = _bare_calls(content)
+        if bare:
+            return ParsedTurn("", bare)
     return ParsedTurn(content, tuple(calls), tuple(malformed))
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
-def _bare_call(text: str) -> ToolCall | None:
-    """A turn that is nothing but one call's JSON ({"name": ..., "arguments": {...}}, maybe in
-    a ```json fence) without the <tool_call> tags: small models drop the tags often (half
-    of Qwen2.5-Coder-0.5B's first calls), and the intent is unambiguous."""
+def _bare_calls(text: str) -> tuple[ToolCall, ...]:
+    """A turn that is nothing but calls' JSON ({"name": ..., "arguments": {...}}, one per
+    line, maybe in a ```json fence) without the <tool_call> tags: small models drop the tags
+    often (half of Qwen2.5-Coder-0.5B's first calls, several calls as JSON lines), and the
+    intent is unambiguous. Empty unless every line is such a call."""
     fenced = _FENCE.match(text)
     body = fenced.group(1) if fenced else text
-    if not (body.startswith("{") and body.endswith("}")):
-        return None
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(value, dict) or set(value) != {"name", "arguments"}:
-        return None
-    call = _read_call(body, ("arguments",))
-    return call if isinstance(call, ToolCall) else None
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    calls = []
+    for line in lines or [""]:
+        if not (line.startswith("{") and line.endswith("}")):
+            return ()
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            return ()
+        if not isinstance(value, dict) or set(value) != {"name", "arguments"}:
+            return ()
+        call = _read_call(line, ("arguments",))
+        if not isinstance(call, ToolCall):
+            return ()
+        calls.append(call)
+    return tuple(calls)
 
 
 def parse_llama3_json(text: str) -> ParsedTurn:

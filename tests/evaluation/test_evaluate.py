@@ -306,3 +306,22 @@ def test_cli_eval_runs_episodes_with_an_environment(model_dir, files, tmp_path, 
         assert c["episode"]["turns"] == 2 and c["score"] == 2.0
         assert c["episode"]["messages"][1] == {"role": "user", "content": "more"}
     assert result["metrics"]["episode/turns_mean"] >= 1
+
+
+def test_cli_eval_runs_an_agent_whose_return_is_the_reward(model_dir, files, tmp_path, capsys):
+    agent = tmp_path / "my_agent.py"
+    agent.write_text(
+        "def run(client, item):\n"
+        "    reply = client.chat.completions.create(model='m', messages=item['messages'])\n"
+        "    return {'score': 1.0, 'chars': float(len(reply.choices[0].message.content))}\n"
+    )
+    out = tmp_path / "agent.json"
+    args = ["eval", "--model", str(model_dir), "--data", str(files["data"]), "--limit", "2"]
+    assert main([*args, "--agent", f"{agent}:run", "--samples", "2", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mean_reward"] == 1.0 and result["info"]["grader"] == f"agent {agent}:run"
+    assert "reward/chars/mean" in result["metrics"]
+    assert main([*args, "--agent", f"{agent}:run", "--grader", "exact_label"]) == 1
+    assert "leave out --grader" in capsys.readouterr().err
+    assert main(args) == 1
+    assert "--grader is required" in capsys.readouterr().err

@@ -348,3 +348,13 @@ def test_episodes_through_the_runner(server):
             ("user", "Correct!"),
         ]
     assert guesses.slots.held == 0
+
+
+def test_a_rows_episodes_reset_with_one_seed():
+    """Without a `seed` field a row's seed comes from its id: its G episodes (and a resumed
+    run's) face the same environment."""
+    from openrft.rollout.openenv_env import row_seed
+
+    assert row_seed({"id": "row-1"}) == row_seed({"id": "row-1", "other": 1})
+    assert row_seed({"id": "row-1"}) != row_seed({"id": "row-2"})
+    assert 0 <= row_seed({"messages": [{"role": "user", "content": "hi"}]}) < 2**31

@@ -81,3 +81,8 @@ def test_hermes_reads_a_bare_call_without_its_tags():
     # JSON that is not exactly a call stays text
     assert parse_hermes('{"name": "x"}').calls == ()
     assert parse_hermes('The call {"name": "f", "arguments": {}} is shown').calls == ()
+    # several calls as JSON lines (how Qwen2.5-Coder-0.5B writes a chain): each a call
+    second = '{"name": "add", "arguments": {"a": 12, "b": 1}}'
+    turn = parse_hermes(f"{bare}\n{second}\n")
+    assert [c.name for c in turn.calls] == ["multiply", "add"] and turn.content == ""
+    assert parse_hermes(f"{bare}\nthen add one").calls == ()  # a line that is no call: text

@@ -24,7 +24,7 @@ def test_two_real_steps_with_a_calculator(tmp_path):
             "train.max_steps=2",
             "train.prompts_per_step=2",
             "rollout.samples_per_prompt=2",
-            "rollout.max_new_tokens=48",
+            "rollout.max_new_tokens=72",  # room for a chain's two calls as JSON lines
             "env.max_turns=2",
             "algo.dynamic_sampling=false",
             "eval.max_prompts=2",
