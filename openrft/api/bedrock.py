@@ -3,7 +3,7 @@
 
 Data locations (`s3Uri`) are `file-<id>` uploads or server paths; `lambdaArn` is an http(s)
 URL of a Lambda-contract endpoint or a local grader reference. `hyperParameters` keep
-Bedrock's names and ranges (openrft.config.BEDROCK_ALIASES). An `openrftConfig` object
+Bedrock's names and ranges (openrft.config_parse.BEDROCK_ALIASES). An `openrftConfig` object
 (openrft's own config as JSON) may add the settings Bedrock has no name for.
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 
 from openrft.api.views import iso, service_of
-from openrft.config import BEDROCK_ALIASES, BEDROCK_SECTION
+from openrft.config_parse import BEDROCK_ALIASES, BEDROCK_SECTION
 from openrft.errors import ConfigError
 from openrft.jobs.model import Job, JobStatus, parse_status
 from openrft.jobs.service import JobService

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from openrft.config import (
-    BEDROCK_ALIASES,
     RANGES,
     JobConfig,
     config_from_dict,
@@ -19,6 +18,7 @@ from openrft.config import (
     get_field,
     load_config,
 )
+from openrft.config_parse import BEDROCK_ALIASES
 from openrft.errors import ConfigError
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "openrft" / "recipes"
