@@ -169,7 +169,9 @@ class EnvConfig:
     tool_endpoints: dict[str, str] = field(default_factory=dict)  # tool name -> HTTP URL to POST
     tool_headers: dict[str, str] = field(default_factory=dict)  # sent with every endpoint call
     environment: str = ""  # file.py:make_env, module:make_env, or an http(s):// environment service
-    agent: str = ""  # file.py:run: an agent function trained through an OpenAI client
+    agent: str = ""  # file.py:run (an agent trained through an OpenAI client), or "external"
+    agent_host: str = "127.0.0.1"  # where the agent proxy listens (0.0.0.0: other machines)
+    agent_port: int = 0  # its port; 0 picks a free one (shown in the job's log)
     openenv_url: str = ""  # an OpenEnv server's base URL: its environment answers the turns
     openenv_action: str = "json"  # a reply as the action: json, or text:<field> (one field)
     openenv_max_sessions: int = 0  # sessions open at once on the OpenEnv server; 0 = its limit
@@ -274,6 +276,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "env.remote_timeout_s": (0.001, 86_400 * 7),
     "env.remote_retries": (0, 100),
     "env.openenv_max_sessions": (0, 100_000),
+    "env.agent_port": (0, 65_535),
 }
 
 

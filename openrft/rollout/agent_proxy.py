@@ -70,6 +70,10 @@ class EpisodeCalls:
     calls: list[AgentCall] = field(default_factory=list)
     limit: FinishReason | None = None  # the first limit a call ran into
     model_s: float = 0.0  # time the agent waited on the model
+    # An external agent's rollout: the row it is handed, and the reward it reports.
+    item: dict[str, Any] | None = None
+    outcome: Any = None
+    reported: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -111,31 +115,40 @@ class AgentProxy:
         self._in_batch = 0
         self._timer: asyncio.TimerHandle | None = None
         self._seed = params.seed
+        self._offered: list[str] = []  # external rollouts not taken yet, oldest first
         self._server: contextlib.AbstractContextManager[str] | None = None
         self.url = ""
 
     # The job's side: open an episode's key, close it, start and stop the server.
 
-    def start(self) -> str:
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Start the HTTP server (once); its base URL, ending in /v1/."""
         if self._server is None:
-            self._server = background(self._app())
+            self._server = background(self._app(), host, port)
             self.url = self._server.__enter__() + "v1/"
         return self.url
 
-    def open(self) -> str:
-        """A new episode's key (its client's API key)."""
+    def open(self, item: dict[str, Any] | None = None) -> str:
+        """A new episode's key (its client's API key). With `item`, a rollout an external
+        agent takes with POST /v1/rollouts; it counts as running once taken."""
         key = "openrft-" + secrets.token_hex(12)
         with self.lock:
-            self.episodes[key] = EpisodeCalls()
-            self.running += 1
+            self.episodes[key] = EpisodeCalls(item=item)
+            if item is None:
+                self.running += 1
+            else:
+                self._offered.append(key)
         return key
 
     def close(self, key: str) -> EpisodeCalls:
         """The episode's calls; its key stops working."""
         with self.lock:
-            self.running -= 1
-            return self.episodes.pop(key)
+            episode = self.episodes.pop(key)
+            if key in self._offered:
+                self._offered.remove(key)  # never taken
+            elif episode.item is None or not episode.reported.is_set():
+                self.running -= 1
+            return episode
 
     def stop(self) -> None:
         if self._server is not None:
@@ -152,13 +165,47 @@ class AgentProxy:
             return {"object": "list", "data": [entry]}
 
         async def chat_completions(request: Request) -> Response:
+            return await self._serve(request)
+
+        async def refused(request: Request, error: Exception) -> Response:
+            assert isinstance(error, RequestError)
+            return error_response(error.status, error.message, error.param, error.code)
+
+        app.add_exception_handler(RequestError, refused)
+
+        async def take() -> Response:
+            with self.lock:
+                if not self._offered:
+                    return Response(status_code=204)  # nothing to do now: ask again later
+                key = self._offered.pop(0)
+                self.running += 1
+                item = self.episodes[key].item
+            return JSONResponse(
+                {"rollout_id": key, "item": item, "base_url": self.url, "api_key": key}
+            )
+
+        async def report(rollout_id: str, request: Request) -> Response:
             try:
-                return await self._serve(request)
-            except RequestError as error:
-                return error_response(error.status, error.message, error.param, error.code)
+                body = await request.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or "reward" not in body:
+                raise RequestError("the body must be a JSON object with a 'reward'", "reward")
+            with self.lock:
+                episode = self.episodes.get(rollout_id)
+                if episode is None or episode.item is None:
+                    raise RequestError(f"no rollout {rollout_id!r} (timed out?)", status=404)
+                if episode.reported.is_set():
+                    raise RequestError(f"rollout {rollout_id!r} was reported already", status=409)
+                episode.outcome = body["reward"]
+                episode.reported.set()
+                self.running -= 1
+            return Response(status_code=204)
 
         app.add_api_route("/v1/models", models, methods=["GET"])
         app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+        app.add_api_route("/v1/rollouts", take, methods=["POST"])
+        app.add_api_route("/v1/rollouts/{rollout_id}/reward", report, methods=["POST"])
         return app
 
     async def _serve(self, request: Request) -> Response:
@@ -273,6 +320,13 @@ class AgentProxy:
         finally:
             self._in_batch = 0
         self._maybe_flush(force=True)  # who waited through this batch goes now
+
+
+def _metadata_rollout(body: Any) -> str:
+    """An external agent may name its rollout in the request's metadata instead."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    rollout = metadata.get("rollout_id") if isinstance(metadata, dict) else None
+    return rollout if isinstance(rollout, str) else ""
 
 
 def _batch_key(params: SamplingParams) -> tuple[int, tuple[str, ...]]:

@@ -88,6 +88,32 @@ async def _episode(
     return _finished(calls, outcome, finish, error, time.monotonic() - started)
 
 
+def run_external_episodes(
+    proxy: AgentProxy, examples: Sequence[Example], n: int, timeout_s: float
+) -> list[list[Completion]]:
+    """n rollouts per example offered to agents outside openrft (`env.agent = "external"`):
+    each takes one with POST /v1/rollouts, calls the model with its rollout id as the API
+    key and reports its reward with POST /v1/rollouts/{id}/reward. A rollout not reported
+    within `timeout_s` ends with finish "timeout" (counted), its late report refused."""
+    started = time.monotonic()
+    keys = [proxy.open(example.item()) for example in examples for _ in range(n)]
+    episodes = []
+    for key in keys:
+        reported = proxy.episodes[key].reported.wait(
+            max(0.0, started + timeout_s - time.monotonic())
+        )
+        calls = proxy.close(key)
+        if reported:
+            episodes.append(
+                _finished(calls, calls.outcome, "stop", None, time.monotonic() - started)
+            )
+        else:
+            error = f"no reward was reported for the rollout within {timeout_s:g} s"
+            episodes.append(_finished(calls, None, "timeout", error, time.monotonic() - started))
+    completions = [episode.completion() for episode in episodes]
+    return [completions[p * n : (p + 1) * n] for p in range(len(examples))]
+
+
 def _finished(
     calls: EpisodeCalls, outcome: Any, finish: FinishReason, error: str | None, wall_s: float
 ) -> Episode:

@@ -31,7 +31,7 @@ from openrft.data.tool_rows import chat_tool
 from openrft.errors import ConfigError
 from openrft.rewards.grader import to_grade
 from openrft.rollout.agent_proxy import AgentProxy
-from openrft.rollout.agents import run_agent_episodes
+from openrft.rollout.agents import run_agent_episodes, run_external_episodes
 from openrft.rollout.bridge import ChatBridge
 from openrft.rollout.environment import (
     Runner,
@@ -48,6 +48,7 @@ from openrft.types import Completion, Example, Grade, Sample, SamplingParams
 
 CUT_REASONS = ("max_turns", "length", "timeout")  # limits that cut an episode short
 BUILTIN = "builtin:"
+EXTERNAL = "external"  # env.agent: agents outside openrft take rollouts over HTTP
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # built-in tools and environments
 
 
@@ -73,6 +74,7 @@ class EpisodeJob:
     parser_name: str
     service: RemoteService | OpenEnvService | None = None  # a remote environment's client
     agent: Callable[..., Any] | None = None  # env.agent's function
+    external: bool = False  # env.agent = "external": agents outside openrft take rollouts
     proxy: AgentProxy | None = None  # serves the agent's calls (started on the first run)
 
     def run(
@@ -84,24 +86,35 @@ class EpisodeJob:
     ) -> list[list[Completion]]:
         """params.n episodes per example: the engine against the environment or tools, or
         the agent function calling the engine through the proxy."""
-        if self.agent is None:
+        if self.agent is None and not self.external:
             return run_episodes(engine, examples, prompt_ids, params, self.setup)
         limits = self.setup.limits
-        per_call = replace(params, n=1, max_new_tokens=limits.max_new_tokens)
+        proxy = self.agent_proxy()
+        proxy.generate = engine.generate
+        proxy.params = replace(params, n=1, max_new_tokens=limits.max_new_tokens)
+        if self.external:
+            return run_external_episodes(proxy, examples, params.n, limits.timeout_s)
+        assert self.agent is not None
+        return run_agent_episodes(
+            proxy, self.agent, examples, params.n, self.setup.runner, limits.timeout_s
+        )
+
+    def agent_proxy(self) -> AgentProxy:
+        """The proxy serving agents' calls, started on first use (external agents: at job
+        start, on env.agent_host:env.agent_port, so the URL can be shown)."""
         if self.proxy is None:
+            limits = self.setup.limits
             self.proxy = AgentProxy(
-                engine.generate,
+                _no_engine_yet,
                 self.setup.tokenizer,
                 self.chat_template,
-                per_call,
+                SamplingParams(max_new_tokens=limits.max_new_tokens),
                 limits.max_turns,
                 limits.max_tokens,
                 self.setup.end_token_ids,
             )
-        self.proxy.generate, self.proxy.params = engine.generate, per_call
-        return run_agent_episodes(
-            self.proxy, self.agent, examples, params.n, self.setup.runner, limits.timeout_s
-        )
+            self.proxy.start(self.config.agent_host, self.config.agent_port)
+        return self.proxy
 
     @property
     def chat_template(self) -> str:
@@ -113,6 +126,11 @@ class EpisodeJob:
         if self.tools is not None:
             names = ", ".join(self.tools.names) or "(from the rows)"
             what = f"tools {names} ({self.parser_name} calls)"
+        elif self.external:
+            what = (
+                f"external agents: rollouts from POST {self.agent_proxy().url}rollouts, "
+                "rewards to POST .../rollouts/{id}/reward"
+            )
         elif self.agent is not None:
             what = f"agent {env.agent} (its calls served by the policy)"
         elif env.openenv_url:
@@ -168,6 +186,12 @@ def episode_job(
 
         def make_env(example: Example) -> Any:
             return ToolEnvironment(tools, row_tools(example, None) or ())
+
+    elif env.agent == EXTERNAL:
+        parser_name, parser = "none", ParsedTurn
+
+        def make_env(example: Example) -> Any:
+            raise AssertionError("an agent's episodes have no environment object")
 
     elif env.agent:
         reference = env.agent
@@ -247,7 +271,14 @@ def episode_job(
         end_token_ids,
         config.rollout.stop,
     )
-    return EpisodeJob(setup, env, tools, parser_name, service, agent)
+    job = EpisodeJob(setup, env, tools, parser_name, service, agent, env.agent == EXTERNAL)
+    if job.external:
+        job.agent_proxy()  # listening from the start: agents may connect before step 1
+    return job
+
+
+def _no_engine_yet(prompts: Any, params: Any) -> Any:
+    raise RuntimeError("the agent proxy was asked to generate before a rollout started")
 
 
 def _environment_parser(env: EnvConfig, tokenizer: Any) -> tuple[str, Any]:

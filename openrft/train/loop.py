@@ -74,9 +74,10 @@ def train(
         raise
     try:
         run.notes["fast_paths"] = f"update: {how}; rollouts: {engine.description}"
-        if episodes is not None:
-            run.notes["episodes"] = episodes.describe()
         print(f"openrft: {run.notes['fast_paths']}", file=sys.stderr, flush=True)
+        if episodes is not None:  # what answers the turns (external agents: where to connect)
+            run.notes["episodes"] = episodes.describe()
+            print(f"openrft: episodes: {run.notes['episodes']}", file=sys.stderr, flush=True)
         return run_steps(run, policy, data, grader, engine, forward, episodes)
     finally:
         engine.close()

@@ -6,6 +6,7 @@ test needs particular replies; the job test in tests/train runs the tiny model."
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -222,3 +223,52 @@ def test_a_sync_agent_and_the_proxys_own_answers(tokenizer):
         )
     finally:
         proxy.stop()
+
+
+def test_external_agents_take_rollouts_call_the_model_and_report_rewards(tokenizer):
+    """Agents outside openrft (another process or machine): take a rollout, call the model
+    with its id as the API key (the plain openai client), report the reward. A rollout that
+    is not reported in time ends with "timeout"; a late report is refused."""
+    import threading
+
+    import openai
+
+    from openrft.rollout.agents import run_external_episodes
+
+    engine = ScriptedEngine(tokenizer, lambda p: "four")
+    proxy = proxy_for(tokenizer, engine)
+    url = proxy.start()
+    taken: list[str] = []
+
+    def agent_process(limit: int) -> None:  # what a user's agent does, over HTTP only
+        while len(taken) < limit:
+            offer = httpx.post(url + "rollouts")
+            if offer.status_code == 204:
+                time.sleep(0.01)  # none offered yet: ask again
+                continue
+            rollout = offer.json()
+            taken.append(rollout["rollout_id"])
+            client = openai.OpenAI(base_url=rollout["base_url"], api_key=rollout["api_key"])
+            messages = rollout["item"]["messages"]
+            text = client.chat.completions.create(model="m", messages=messages)
+            reward = {"reward": float(text.choices[0].message.content == "four")}
+            answer = httpx.post(f"{url}rollouts/{rollout['rollout_id']}/reward", json=reward)
+            assert answer.status_code == 204
+
+    rows = [Example("r", ({"role": "user", "content": "2 + 2?"},), "4")]
+    worker = threading.Thread(target=agent_process, args=(3,))  # one of 4 is never taken
+    worker.start()
+    try:
+        [group] = run_external_episodes(proxy, rows, 4, timeout_s=3.0)
+        worker.join(10)
+        late = httpx.post(f"{url}rollouts/{taken[0]}/reward", json={"reward": 1.0})
+        assert late.status_code == 404  # closed with the step
+    finally:
+        proxy.stop()
+    episodes = [c.episode for c in group]
+    assert [e.finish_reason for e in episodes].count("stop") == 3
+    assert [e.outcome for e in episodes if e.finish_reason == "stop"] == [1.0, 1.0, 1.0]
+    (late_one,) = [e for e in episodes if e.finish_reason == "timeout"]
+    assert "no reward was reported" in late_one.error and late_one.turns == ()
+    reported = [e for e in episodes if e.finish_reason == "stop"]
+    assert all(len(e.turns) == 1 and e.turns[0].message["content"] == "four" for e in reported)

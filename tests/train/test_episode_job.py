@@ -105,6 +105,53 @@ def test_an_agent_job_trains_on_the_agents_calls(tmp_path, tiny_model_dir):
     assert completion["components"]["chars"] >= 0
 
 
+def test_a_job_trains_on_external_agents_rollouts(tmp_path, tiny_model_dir):
+    """env.agent = "external": agents outside the job take rollouts over HTTP, call the
+    policy with the plain openai client and report rewards; the job trains on their calls."""
+    import socket
+    import threading
+
+    import httpx
+    import openai
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/"
+    config = tiny_job(
+        tmp_path, tiny_model_dir, "env.agent=external", f"env.agent_port={port}",
+        "train.max_steps=2", "env.episode_timeout_s=60",
+    )  # fmt: skip
+    done = threading.Event()
+
+    def agents() -> None:
+        while not done.is_set():
+            try:
+                offer = httpx.post(url + "rollouts")
+            except httpx.HTTPError:  # the job has not started listening yet
+                continue
+            if offer.status_code != 200:
+                done.wait(0.01)  # none offered yet: ask again
+                continue
+            rollout = offer.json()
+            client = openai.OpenAI(base_url=rollout["base_url"], api_key=rollout["api_key"])
+            reply = client.chat.completions.create(model="m", messages=rollout["item"]["messages"])
+            reward = {"reward": float(len(reply.choices[0].message.content) % 2)}
+            httpx.post(f"{url}rollouts/{rollout['rollout_id']}/reward", json=reward)
+
+    worker = threading.Thread(target=agents, daemon=True)
+    worker.start()
+    try:
+        train(config, tmp_path / "run", show_progress=False)
+    finally:
+        done.set()
+        worker.join(10)
+    metrics = read(tmp_path / "run" / "metrics.jsonl")
+    assert metrics[1]["episode/finish/stop"] == 1.0 and metrics[1]["reward/error_rate"] == 0
+    assert metrics[1]["train/tokens_trained"] > 0
+    assert "val/reward/mean" in metrics[0]  # validation rollouts go to the agents too
+
+
 def test_a_tool_job_on_a_model_without_tool_support_is_refused(tmp_path, tiny_model_dir):
     (tmp_path / "tools.py").write_text("def add(a: int, b: int) -> int:\n    return a + b\n")
     config = tiny_job(tmp_path, tiny_model_dir, f"env.tools={tmp_path / 'tools.py'}")
