@@ -68,10 +68,8 @@ def request_with_retries(
             problem, kind = f"{url}: {error!r}", "unreachable"
             continue
         if response.status_code >= 500 or response.status_code == 429:
-            problem, kind = (
-                f"{url} answered {response.status_code}: {response.text[:300]}",
-                ("server_error"),
-            )
+            problem = f"{url} answered {response.status_code}: {response.text[:300]}"
+            kind = "server_error"
             continue
         if response.status_code >= 400:
             raise EndpointFailure(

@@ -34,18 +34,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from openrft.data.render import encode_prompt
-from openrft.errors import ConfigError
 from openrft.net import background
 from openrft.rollout.openai_chat import (
     ChatRequest,
     RequestError,
+    chat_tool_parser,
     completion_body,
     error_response,
     parse_request,
     reply_message,
     stream_chunks,
 )
-from openrft.rollout.tool_calls import ToolCallParser, parser_for
+from openrft.rollout.tool_calls import ToolCallParser
 from openrft.types import Completion, FinishReason, SamplingParams
 
 Generate = Callable[[Sequence[Sequence[int]], SamplingParams], list[list[Completion]]]
@@ -56,11 +56,9 @@ class AgentCall:
     """One chat completion an agent asked for, as the policy saw and sampled it."""
 
     messages: tuple[dict[str, Any], ...]  # the request's messages
-    tools: tuple[dict[str, Any], ...]  # the tools shown to the model
-    prompt_ids: tuple[int, ...]  # the messages as the chat template rendered them
+    prompt_ids: tuple[int, ...]  # the messages (and tools) as the chat template rendered them
     completion: Completion  # the sampled tokens (and log-probs where the engine gives them)
     reply: dict[str, Any]  # the assistant message returned to the agent
-    generate_s: float = 0.0  # time in the engine's batch
 
 
 @dataclass
@@ -81,7 +79,6 @@ class _Pending:
     prompt: list[int]
     params: SamplingParams
     future: asyncio.Future
-    since: float = field(default_factory=time.monotonic)
 
 
 class AgentProxy:
@@ -209,14 +206,21 @@ class AgentProxy:
         return app
 
     async def _serve(self, request: Request) -> Response:
-        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        episode = self.episodes.get(key)
-        if episode is None:
-            raise RequestError("unknown API key: use the client openrft gave the agent", status=401)
         try:
             body = await request.json()
         except ValueError as error:
             raise RequestError(f"the request body is not JSON: {error}") from error
+        # The episode: the API key openrft gave the client, or a rollout id an external agent
+        # names in a header or the request's metadata.
+        key = request.headers.get("x-rollout-id") or _metadata_rollout(body)
+        key = key or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        episode = self.episodes.get(key)
+        if episode is None:
+            raise RequestError(
+                "unknown API key or rollout id: use the client (or the rollout id) openrft "
+                "gave the agent",
+                status=401,
+            )
         chat = parse_request(body)
         if chat.params.n != 1:
             raise RequestError("an agent's call samples one reply ('n' must be 1)", "n")
@@ -226,11 +230,8 @@ class AgentProxy:
         waited = time.monotonic() - started
         parser = self._tool_parser() if chat.tools and chat.tools.shown else None
         reply, reason = reply_message(completion, chat, self.tokenizer, self.end_token_ids, parser)
-        shown = tuple(chat.tools.shown) if chat.tools else ()
         with self.lock:
-            episode.calls.append(
-                AgentCall(tuple(chat.messages), shown, tuple(prompt), completion, reply, waited)
-            )
+            episode.calls.append(AgentCall(tuple(chat.messages), tuple(prompt), completion, reply))
             episode.model_s += waited
         answer = completion_body(self.model_id, len(prompt), [completion], [(reply, reason)])
         if chat.stream:
@@ -268,10 +269,7 @@ class AgentProxy:
 
     def _tool_parser(self) -> ToolCallParser:
         if self._parser is None:
-            try:
-                self._parser = parser_for("auto", getattr(self.tokenizer, "chat_template", ""))[1]
-            except ConfigError as error:
-                raise RequestError(f"this model cannot take tools: {error}", "tools") from error
+            self._parser = chat_tool_parser(self.tokenizer)
         return self._parser
 
     # Batching, on the server's event loop.

@@ -26,6 +26,7 @@ from openrft.rollout.openai_tools import (
     parse_tools,
     tool_call_deltas,
     tool_message_fields,
+    tool_parser,
 )
 from openrft.rollout.tool_calls import ToolCallParser
 from openrft.types import Completion, Message, SamplingParams
@@ -173,6 +174,14 @@ def _stop(value: Any) -> tuple[str, ...]:
     if len(stops) > MAX_STOP:
         raise RequestError(f"'stop' takes at most {MAX_STOP} strings", "stop")
     return tuple(stops)
+
+
+def chat_tool_parser(tokenizer: Any) -> ToolCallParser:
+    """The parser for the model's tool calls; a 400 when its template cannot show tools."""
+    try:
+        return tool_parser(getattr(tokenizer, "chat_template", None))
+    except ToolRequestError as error:
+        raise RequestError(error.message, error.param) from error
 
 
 def reply_message(

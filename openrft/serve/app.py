@@ -36,6 +36,7 @@ from openrft.rollout.openai_chat import (
     MAX_N,
     ChatRequest,
     RequestError,
+    chat_tool_parser,
     completion_body,
     error_response,
     parse_request,
@@ -43,7 +44,6 @@ from openrft.rollout.openai_chat import (
     request_metadata,
     stream_chunks,
 )
-from openrft.rollout.openai_tools import ToolRequestError, tool_parser
 from openrft.rollout.tool_calls import ToolCallParser
 from openrft.serve.batching import Batcher, BatchResult
 from openrft.serve.invocations import InvocationLog
@@ -86,10 +86,7 @@ class ChatModel:
         return prompt, params
 
     def parser(self) -> ToolCallParser:
-        try:
-            return tool_parser(getattr(self.tokenizer, "chat_template", None))
-        except ToolRequestError as error:
-            raise RequestError(error.message, error.param) from error
+        return chat_tool_parser(self.tokenizer)
 
     def reply(self, completion: Completion, request: ChatRequest) -> tuple[dict[str, Any], str]:
         """The choice's message and finish reason (tool calls as `tool_calls`)."""

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from openrft.rollout.environment import EnvironmentFailure, check_step, load_environment_factory
-from openrft.train.episodes import BUILTIN, builtin_file
+from openrft.train.episodes import builtin_reference
 
 
 @dataclass
@@ -41,11 +41,9 @@ class _Hosted:
 def factory_reference(reference: str) -> str:
     """`builtin:NAME`, `file.py` or `module:function` -> what load_environment_factory takes
     (the function defaults to make_env)."""
-    if reference.startswith(BUILTIN):
-        return builtin_file(reference, "envs", "environment") + ":make_env"
     if reference.endswith(".py"):
         return reference + ":make_env"
-    return reference
+    return builtin_reference(reference, "envs", "environment", "make_env")
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:

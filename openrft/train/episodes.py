@@ -52,6 +52,14 @@ EXTERNAL = "external"  # env.agent: agents outside openrft take rollouts over HT
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # built-in tools and environments
 
 
+def builtin_reference(spec: str, kind: str, field: str, function: str) -> str:
+    """`builtin:<name>` -> `<openrft's file>:<function>` (a built-in environment's
+    make_env, a built-in agent's run); other values unchanged."""
+    if not spec.startswith(BUILTIN):
+        return spec
+    return f"{builtin_file(spec, kind, field)}:{function}"
+
+
 def builtin_file(spec: str, kind: str, field: str) -> str:
     """`builtin:<name>` -> openrft's own file of that name under recipes/<kind>/; other
     values unchanged."""
@@ -72,10 +80,15 @@ class EpisodeJob:
     config: EnvConfig
     tools: ToolBox | None
     parser_name: str
+    chat_template: str = "model"  # model.chat_template: how the proxy renders agents' calls
     service: RemoteService | OpenEnvService | None = None  # a remote environment's client
     agent: Callable[..., Any] | None = None  # env.agent's function
-    external: bool = False  # env.agent = "external": agents outside openrft take rollouts
     proxy: AgentProxy | None = None  # serves the agent's calls (started on the first run)
+
+    @property
+    def external(self) -> bool:
+        """env.agent = "external": agents outside openrft take the rollouts over HTTP."""
+        return self.config.agent == EXTERNAL
 
     def run(
         self,
@@ -115,10 +128,6 @@ class EpisodeJob:
             )
             self.proxy.start(self.config.agent_host, self.config.agent_port)
         return self.proxy
-
-    @property
-    def chat_template(self) -> str:
-        return "model" if getattr(self.setup.tokenizer, "chat_template", None) else "plain"
 
     def describe(self) -> str:
         """For the job's log: what answers the turns, and the limits."""
@@ -187,17 +196,10 @@ def episode_job(
         def make_env(example: Example) -> Any:
             return ToolEnvironment(tools, row_tools(example, None) or ())
 
-    elif env.agent == EXTERNAL:
-        parser_name, parser = "none", ParsedTurn
-
-        def make_env(example: Example) -> Any:
-            raise AssertionError("an agent's episodes have no environment object")
-
     elif env.agent:
-        reference = env.agent
-        if reference.startswith(BUILTIN):  # a built-in agent's function is run
-            reference = builtin_file(reference, "agents", "env.agent") + ":run"
-        agent = load_environment_factory(reference, "env.agent", "file.py:run")
+        if env.agent != EXTERNAL:
+            reference = builtin_reference(env.agent, "agents", "env.agent", "run")
+            agent = load_environment_factory(reference, "env.agent", "file.py:run")
         parser_name, parser = "none", ParsedTurn
 
         def make_env(example: Example) -> Any:
@@ -236,9 +238,7 @@ def episode_job(
             return service.environment(example.item())
 
     else:
-        reference = env.environment
-        if reference.startswith(BUILTIN):  # a built-in environment's factory is make_env
-            reference = builtin_file(reference, "envs", "env.environment") + ":make_env"
+        reference = builtin_reference(env.environment, "envs", "env.environment", "make_env")
         factory = load_environment_factory(reference)
         parser_name, parser = _environment_parser(env, tokenizer)
 
@@ -271,7 +271,7 @@ def episode_job(
         end_token_ids,
         config.rollout.stop,
     )
-    job = EpisodeJob(setup, env, tools, parser_name, service, agent, env.agent == EXTERNAL)
+    job = EpisodeJob(setup, env, tools, parser_name, template, service, agent)
     if job.external:
         job.agent_proxy()  # listening from the start: agents may connect before step 1
     return job

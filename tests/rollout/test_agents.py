@@ -127,7 +127,7 @@ def test_an_agents_calls_become_its_episode_token_for_token(tokenizer):
 def test_a_rewritten_history_becomes_a_row_of_its_own():
     def call(prompt, sampled):
         completion = Completion(tuple(sampled), "x", "stop")
-        return AgentCall(({"role": "user", "content": "q"},), (), tuple(prompt), completion, {})
+        return AgentCall(({"role": "user", "content": "q"},), tuple(prompt), completion, {})
 
     calls = [call([1, 2], [3, 4]), call([1, 2, 3, 4, 5, 6], [7]), call([9, 2], [8])]
     episode = episode_from_calls(calls, outcome=1.0)
@@ -248,9 +248,16 @@ def test_external_agents_take_rollouts_call_the_model_and_report_rewards(tokeniz
                 continue
             rollout = offer.json()
             taken.append(rollout["rollout_id"])
-            client = openai.OpenAI(base_url=rollout["base_url"], api_key=rollout["api_key"])
             messages = rollout["item"]["messages"]
-            text = client.chat.completions.create(model="m", messages=messages)
+            # The rollout named by the API key, by a header or in the request's metadata.
+            named = [
+                {"api_key": rollout["api_key"]},
+                {"api_key": "x", "default_headers": {"X-Rollout-Id": rollout["rollout_id"]}},
+                {"api_key": "x"},
+            ][len(taken) - 1]
+            client = openai.OpenAI(base_url=rollout["base_url"], **named)
+            metadata = {"rollout_id": rollout["rollout_id"]} if len(taken) == 3 else None
+            text = client.chat.completions.create(model="m", messages=messages, metadata=metadata)
             reward = {"reward": float(text.choices[0].message.content == "four")}
             answer = httpx.post(f"{url}rollouts/{rollout['rollout_id']}/reward", json=reward)
             assert answer.status_code == 204
