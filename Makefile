@@ -15,8 +15,10 @@ VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.openrft-installed
 OPENENV_VENV := .venv-openenv
 OPENENV_STAMP := $(OPENENV_VENV)/.openrft-installed
+VERIFIERS_VENV := .venv-verifiers
+VERIFIERS_STAMP := $(VERIFIERS_VENV)/.openrft-installed
 
-.PHONY: install demo test lint lint-imports format lock clean vllm openenv
+.PHONY: install demo test lint lint-imports format lock clean vllm openenv verifiers
 
 install: $(STAMP)
 
@@ -50,6 +52,17 @@ $(OPENENV_STAMP): requirements-openenv.lock
 	$(OPENENV_VENV)/bin/python -c "from openenv.core.env_server import create_app"
 	touch $(OPENENV_STAMP)
 
+# verifiers (0.4) in its own environment: it pins openai<3 (openrft runs openai 3). Jobs with
+# env.verifiers run its episodes in a worker on this venv's python (docs/verifiers.md).
+verifiers: $(VERIFIERS_STAMP)
+
+$(VERIFIERS_STAMP): requirements-verifiers.lock
+	test -x $(VERIFIERS_VENV)/bin/python || $(PYTHON) -m venv $(VERIFIERS_VENV)
+	$(VERIFIERS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps \
+		-r requirements-verifiers.lock
+	$(VERIFIERS_VENV)/bin/python -c "import verifiers.v1, renderers"
+	touch $(VERIFIERS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/openrft demo
 
@@ -75,4 +88,4 @@ lock: $(STAMP)
 	} > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(OPENENV_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(OPENENV_VENV) $(VERIFIERS_VENV) .pytest_cache .ruff_cache

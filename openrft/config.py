@@ -175,6 +175,11 @@ class EnvConfig:
     openenv_url: str = ""  # an OpenEnv server's base URL: its environment answers the turns
     openenv_action: str = "json"  # a reply as the action: json, or text:<field> (one field)
     openenv_max_sessions: int = 0  # sessions open at once on the OpenEnv server; 0 = its limit
+    verifiers: str = ""  # a verifiers taskset id or module: its tasks are the rows
+    verifiers_args: dict[str, Any] = field(default_factory=dict)  # the taskset's config fields
+    verifiers_python: str = ".venv-verifiers/bin/python"  # the venv `make verifiers` installs
+    verifiers_harness: str = "null"  # verifiers' harness; "" = the taskset's own, else bash
+    verifiers_tool_parser: str = "auto"  # renderer tool parser: qwen3, none, auto (by template)
     remote_timeout_s: float = 3600.0  # per call to an environment service (a step may take hours)
     remote_retries: int = 3  # extra tries of a service call refused or answered 5xx/429
     remote_headers: dict[str, str] = field(default_factory=dict)  # sent with every service call
@@ -191,7 +196,14 @@ class EnvConfig:
     @property
     def enabled(self) -> bool:
         """Rollouts are multi-turn episodes (tools or an environment are configured)."""
-        answers = (self.tools, self.tool_endpoints, self.environment, self.agent, self.openenv_url)
+        answers = (
+            self.tools,
+            self.tool_endpoints,
+            self.environment,
+            self.agent,
+            self.openenv_url,
+            self.verifiers,
+        )
         return any(answers)
 
 
@@ -365,6 +377,14 @@ def validate(config: JobConfig) -> None:
             "env.agent",
             "an agent runs its own tools and environment: set it without env.tools, "
             "env.tool_endpoints, env.environment or env.openenv_url",
+        )
+    if env.verifiers and (
+        env.tools or env.tool_endpoints or env.environment or env.agent or env.openenv_url
+    ):
+        raise ConfigError(
+            "env.verifiers",
+            "the taskset brings its own tools, environment and rewards: set it without "
+            "env.tools, env.tool_endpoints, env.environment, env.agent or env.openenv_url",
         )
     if env.openenv_url and (env.tools or env.tool_endpoints or env.environment):
         raise ConfigError(

@@ -75,6 +75,7 @@ class SamplingParams:
     max_new_tokens: int = 64  # generation cap per completion
     stop: tuple[str, ...] = ()  # stop strings; the completion text ends before them
     seed: int = 0  # seeds the sampling generator, so a step is reproducible
+    logprobs: bool = False  # report each sampled token's log-prob (raw model, temperature 1)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,12 @@ agent busy with its own tools does not hold the others up).
 Limits answer like an API would (400 with an OpenAI error): more than `env.max_turns` calls
 ("max_turns"), a prompt that leaves no room in `env.max_episode_tokens` ("length"); the
 episode is marked, and the agent decides what to do with the error.
+
+Token-level clients (verifiers' training client, openrft.rollout.verifiers_env) render
+prompts themselves and call `POST /inference/v1/generate` with token ids, as they would a
+vLLM server: the reply is the sampled token ids and each one's log-prob. One key serves a
+whole batch of such episodes; the `X-Session-ID` header (verifiers' trace id) tells them
+apart, and limits count per session.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import contextlib
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,6 +66,7 @@ class AgentCall:
     prompt_ids: tuple[int, ...]  # the messages (and tools) as the chat template rendered them
     completion: Completion  # the sampled tokens (and log-probs where the engine gives them)
     reply: dict[str, Any]  # the assistant message returned to the agent
+    session: str = ""  # a token-level client's X-Session-ID (its episode within the key)
 
 
 @dataclass
@@ -67,6 +75,8 @@ class EpisodeCalls:
 
     calls: list[AgentCall] = field(default_factory=list)
     limit: FinishReason | None = None  # the first limit a call ran into
+    session_limits: dict[str, FinishReason] = field(default_factory=dict)  # the same, per session
+    agents: int = 1  # agents running under this key now (many for a token-level batch)
     model_s: float = 0.0  # time the agent waited on the model
     # An external agent's rollout: the row it is handed, and the reward it reports.
     item: dict[str, Any] | None = None
@@ -125,17 +135,31 @@ class AgentProxy:
             self.url = self._server.__enter__() + "v1/"
         return self.url
 
-    def open(self, item: dict[str, Any] | None = None) -> str:
-        """A new episode's key (its client's API key). With `item`, a rollout an external
-        agent takes with POST /v1/rollouts; it counts as running once taken."""
-        key = "openrft-" + secrets.token_hex(12)
+    def open(
+        self, item: dict[str, Any] | None = None, agents: int = 1, key: str = ""
+    ) -> str:
+        """A new episode's key (its client's API key), for `agents` agents running at once
+        (a token-level batch: see finished()). With `item`, a rollout an external agent
+        takes with POST /v1/rollouts; it counts as running once taken. `key` reuses a
+        closed episode's key (for a client that keeps its API key between batches)."""
+        key = key or new_key()
         with self.lock:
-            self.episodes[key] = EpisodeCalls(item=item)
+            if key in self.episodes:
+                raise ValueError("that key is in use")
+            self.episodes[key] = EpisodeCalls(item=item, agents=agents if item is None else 1)
             if item is None:
-                self.running += 1
+                self.running += agents
             else:
                 self._offered.append(key)
         return key
+
+    def finished(self, key: str) -> None:
+        """One of the key's agents has finished: batches no longer wait for it."""
+        with self.lock:
+            episode = self.episodes[key]
+            if episode.agents > 0:
+                episode.agents -= 1
+                self.running -= 1
 
     def close(self, key: str) -> EpisodeCalls:
         """The episode's calls; its key stops working."""
@@ -143,7 +167,9 @@ class AgentProxy:
             episode = self.episodes.pop(key)
             if key in self._offered:
                 self._offered.remove(key)  # never taken
-            elif episode.item is None or not episode.reported.is_set():
+            elif episode.item is None:
+                self.running -= episode.agents
+            elif not episode.reported.is_set():
                 self.running -= 1
             return episode
 
@@ -158,8 +184,17 @@ class AgentProxy:
         app = FastAPI(title="openrft agent proxy", docs_url=None, redoc_url=None)
 
         async def models() -> dict[str, Any]:
-            entry = {"id": self.model_id, "object": "model", "owned_by": "openrft"}
+            # max_model_len: vLLM's field, read by token-level clients (the episode budget).
+            entry = {
+                "id": self.model_id,
+                "object": "model",
+                "owned_by": "openrft",
+                "max_model_len": self.max_tokens,
+            }
             return {"object": "list", "data": [entry]}
+
+        async def generate(request: Request) -> Response:
+            return await self._serve_tokens(request)
 
         async def chat_completions(request: Request) -> Response:
             return await self._serve(request)
@@ -201,17 +236,18 @@ class AgentProxy:
 
         app.add_api_route("/v1/models", models, methods=["GET"])
         app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+        app.add_api_route("/inference/v1/generate", generate, methods=["POST"])
         app.add_api_route("/v1/rollouts", take, methods=["POST"])
         app.add_api_route("/v1/rollouts/{rollout_id}/reward", report, methods=["POST"])
         return app
 
-    async def _serve(self, request: Request) -> Response:
+    async def _episode_of(self, request: Request) -> tuple[Any, EpisodeCalls]:
+        """The request's JSON body and its episode: the API key openrft gave the client, or
+        a rollout id an external agent names in a header or the request's metadata."""
         try:
             body = await request.json()
         except ValueError as error:
             raise RequestError(f"the request body is not JSON: {error}") from error
-        # The episode: the API key openrft gave the client, or a rollout id an external agent
-        # names in a header or the request's metadata.
         key = request.headers.get("x-rollout-id") or _metadata_rollout(body)
         key = key or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         episode = self.episodes.get(key)
@@ -221,6 +257,61 @@ class AgentProxy:
                 "gave the agent",
                 status=401,
             )
+        return body, episode
+
+    async def _serve_tokens(self, request: Request) -> Response:
+        """POST /inference/v1/generate: token ids in, sampled token ids and log-probs out
+        (vLLM's shape, as verifiers' training client reads it)."""
+        body, episode = await self._episode_of(request)
+        session = request.headers.get("x-session-id", "")
+        prompt = body.get("token_ids") if isinstance(body, dict) else None
+        vocabulary = len(self.tokenizer)
+        if (
+            not isinstance(prompt, list)
+            or not prompt
+            or not all(isinstance(t, int) and 0 <= t < vocabulary for t in prompt)
+        ):
+            raise RequestError(
+                f"'token_ids' must be a non-empty list of token ids below {vocabulary}",
+                "token_ids",
+            )
+        asked = body.get("sampling_params") or {}
+        if not isinstance(asked, dict):
+            raise RequestError("'sampling_params' must be an object", "sampling_params")
+        made = sum(call.session == session for call in episode.calls)
+        params = self._limited(episode, session, made, len(prompt), asked.get("max_tokens"))
+        started = time.monotonic()
+        completion = await self._submit(prompt, replace(params, logprobs=True))
+        waited = time.monotonic() - started
+        reply = {"role": "assistant", "content": completion.text}
+        with self.lock:
+            episode.calls.append(AgentCall((), tuple(prompt), completion, reply, session))
+            episode.model_s += waited
+        logprobs = completion.logprobs or ()
+        return JSONResponse(
+            {
+                "request_id": f"gen-{uuid.uuid4().hex}",
+                "prompt_token_ids": prompt,
+                "choices": [
+                    {
+                        "index": 0,
+                        "token_ids": list(completion.token_ids),
+                        "finish_reason": completion.finish_reason,
+                        "logprobs": {
+                            "content": [
+                                {"token": f"token_id:{token}", "logprob": logprob}
+                                for token, logprob in zip(
+                                    completion.token_ids, logprobs, strict=True
+                                )
+                            ]
+                        },
+                    }
+                ],
+            }
+        )
+
+    async def _serve(self, request: Request) -> Response:
+        body, episode = await self._episode_of(request)
         chat = parse_request(body)
         if chat.params.n != 1:
             raise RequestError("an agent's call samples one reply ('n' must be 1)", "n")
@@ -243,29 +334,54 @@ class AgentProxy:
         """The prompt's ids and this call's sampling: the job's, capped by the request's
         max_tokens and the episode's token budget; limits marked on the episode."""
         if len(episode.calls) >= self.max_turns:
-            episode.limit = episode.limit or "max_turns"
-            raise RequestError(
-                f"this episode has made its {self.max_turns} calls (env.max_turns)",
-                code="max_turns_exceeded",
-            )
+            self._limited(episode, "", len(episode.calls), 0, None)  # raises
         tools = chat.tools.shown if chat.tools else ()
         if tools:
             self._tool_parser()  # a model that cannot take tools: 400 before generating
         prompt = encode_prompt(chat.messages, self.tokenizer, self.chat_template, tools)
-        room = self.max_tokens - len(prompt)
-        if room < 1:
-            episode.limit = episode.limit or "length"
+        params = self._limited(
+            episode,
+            "",
+            len(episode.calls),
+            len(prompt),
+            chat.params.max_new_tokens if chat.max_tokens_given else None,
+        )
+        stop = tuple(dict.fromkeys((*self.params.stop, *chat.params.stop)))
+        return prompt, replace(params, stop=stop)
+
+    def _limited(
+        self, episode: EpisodeCalls, session: str, made: int, prompt_tokens: int, asked: Any
+    ) -> SamplingParams:
+        """The job's sampling for one more call of an episode (or a session of it) that has
+        made `made` calls: its cap within the token budget and the request's max_tokens. A
+        call past env.max_turns, or a prompt that fills the budget, is refused (400) and
+        the limit marked."""
+        if made >= self.max_turns:
+            self._mark(episode, session, "max_turns")
             raise RequestError(
-                f"the prompt has {len(prompt)} tokens: the episode's budget is "
+                f"this episode has made its {self.max_turns} calls (env.max_turns)",
+                code="max_turns_exceeded",
+            )
+        room = self.max_tokens - prompt_tokens
+        if room < 1:
+            self._mark(episode, session, "length")
+            raise RequestError(
+                f"the prompt has {prompt_tokens} tokens: the episode's budget is "
                 f"{self.max_tokens} (env.max_episode_tokens)",
                 "messages",
                 "context_length_exceeded",
             )
         cap = min(self.params.max_new_tokens, room)
-        if chat.max_tokens_given:
-            cap = min(cap, chat.params.max_new_tokens)
-        stop = tuple(dict.fromkeys((*self.params.stop, *chat.params.stop)))
-        return prompt, replace(self.params, n=1, max_new_tokens=cap, stop=stop)
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            cap = min(cap, asked)
+        return replace(self.params, n=1, max_new_tokens=cap)
+
+    @staticmethod
+    def _mark(episode: EpisodeCalls, session: str, limit: FinishReason) -> None:
+        if session:
+            episode.session_limits.setdefault(session, limit)
+        else:
+            episode.limit = episode.limit or limit
 
     def _tool_parser(self) -> ToolCallParser:
         if self._parser is None:
@@ -304,7 +420,8 @@ class AgentProxy:
         self._pending = [p for p in self._pending if _batch_key(p.params) != key]
         self._in_batch = len(batch)
         self._seed += 1
-        params = replace(batch[0].params, seed=self._seed)
+        wants_logprobs = any(p.params.logprobs for p in batch)
+        params = replace(batch[0].params, seed=self._seed, logprobs=wants_logprobs)
         try:
             results = await asyncio.to_thread(self.generate, [p.prompt for p in batch], params)
         except Exception as error:  # every call of the batch gets the failure
@@ -318,6 +435,11 @@ class AgentProxy:
         finally:
             self._in_batch = 0
         self._maybe_flush(force=True)  # who waited through this batch goes now
+
+
+def new_key() -> str:
+    """An unguessable key for the proxy's clients."""
+    return "openrft-" + secrets.token_hex(12)
 
 
 def _metadata_rollout(body: Any) -> str:

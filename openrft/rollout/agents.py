@@ -145,6 +145,51 @@ def episode_from_calls(
                 break
         else:
             rows.append([call])
+    return episode_from_rows(rows, finish, error, outcome)
+
+
+def calls_of_branch(
+    calls: Sequence[AgentCall], token_ids: Sequence[int], sampled_mask: Sequence[bool]
+) -> list[AgentCall]:
+    """The calls a client's own account of a training sample (verifiers' `Branch`: tokens
+    and which were sampled) is made of: each sampled span must be a completion the policy
+    gave for exactly the tokens before it. Raises ValueError naming the first span that is
+    not, so nothing the policy did not sample is trained on as if it were."""
+    if len(token_ids) != len(sampled_mask):
+        raise ValueError(f"{len(token_ids)} tokens but {len(sampled_mask)} mask entries")
+    served: dict[tuple[int, ...], list[AgentCall]] = {}
+    for call in calls:
+        served.setdefault(call.prompt_ids, []).append(call)
+    row, start = [], 0
+    while start < len(token_ids):
+        if not sampled_mask[start]:
+            start += 1
+            continue
+        end = start
+        while end < len(token_ids) and sampled_mask[end]:
+            end += 1
+        span, before = tuple(token_ids[start:end]), tuple(token_ids[:start])
+        match = next((c for c in served.get(before, ()) if c.completion.token_ids == span), None)
+        if match is None:
+            raise ValueError(
+                f"the sampled tokens {start}..{end} are not a completion the policy gave "
+                f"after those {start} tokens"
+            )
+        row.append(match)
+        start = end
+    if not row:
+        raise ValueError("no sampled tokens")
+    return row
+
+
+def episode_from_rows(
+    rows: Sequence[Sequence[AgentCall]],
+    finish: FinishReason = "stop",
+    error: str | None = None,
+    outcome: Any = None,
+) -> Episode:
+    """An episode whose rows are the given calls (each continuing the one before): the
+    first row is the episode, the others its branches."""
     if not rows:  # the agent never called the model: a reward, but nothing to train
         return Episode((), (), finish, error, outcome=outcome)
     main, *others = (_row_episode(row, finish, error) for row in rows)

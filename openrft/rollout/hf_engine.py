@@ -197,6 +197,7 @@ class HFEngine:
 
         total = len(prompts) * params.n
         tokens: list[list[int]] = [[] for _ in range(total)]
+        logprobs: list[list[float]] | None = [[] for _ in range(total)] if params.logprobs else None
         finished: list[FinishReason | None] = [None] * total
         active = list(range(total))  # sequence index of each batch row
         workspace = torch.empty(logits_B_V.numel(), dtype=torch.float32, device=device)
@@ -204,11 +205,14 @@ class HFEngine:
             next_B = sample_next_tokens(
                 logits_B_V, params.temperature, params.top_p, params.top_k, generator, workspace
             )
+            chosen = _chosen_logprobs(logits_B_V, next_B) if logprobs is not None else None
             keep_rows = []
             for row, (seq, token) in enumerate(zip(active, next_B.tolist(), strict=True)):
                 if finished[seq] is not None:  # finished earlier, still in the batch: ignored
                     continue
                 tokens[seq].append(token)
+                if logprobs is not None and chosen is not None:
+                    logprobs[seq].append(chosen[row])
                 if token in self.end_token_ids or self._hit_stop_string(tokens[seq], params):
                     finished[seq] = "stop"
                 else:
@@ -224,7 +228,13 @@ class HFEngine:
             next_position_B = next_position_B + 1
 
         completions = [
-            completion_from_tokens(self.tokenizer, tokens[i], finished[i] or "length", params.stop)
+            completion_from_tokens(
+                self.tokenizer,
+                tokens[i],
+                finished[i] or "length",
+                params.stop,
+                None if logprobs is None else logprobs[i],
+            )
             for i in range(total)
         ]
         return [completions[i : i + params.n] for i in range(0, total, params.n)]
@@ -248,6 +258,13 @@ class HFEngine:
         window = max(len(stop) for stop in params.stop) + 8
         tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
         return any(stop in tail for stop in params.stop)
+
+
+def _chosen_logprobs(logits_B_V: torch.Tensor, next_B: torch.Tensor) -> list[float]:
+    """Each row's log-prob of the token it drew, under the raw model (temperature 1): what a
+    token-level client (verifiers' training client) is sent and the trainer corrects for."""
+    chosen_B = logits_B_V.gather(-1, next_B[:, None])[:, 0].float()
+    return (chosen_B - logits_B_V.float().logsumexp(-1)).tolist()
 
 
 class TransformersDecoder:

@@ -19,6 +19,7 @@ from openrft.data import (
     resolve_data_path,
     split_holdout,
 )
+from openrft.rollout.verifiers_env import task_examples
 from openrft.train.episodes import EpisodeJob, row_tools
 from openrft.types import Example
 
@@ -35,9 +36,14 @@ class JobData:
 def load_job_data(
     config: JobConfig, tokenizer: PreTrainedTokenizerBase, episodes: EpisodeJob | None = None
 ) -> JobData:
-    """The job's rows and their rendered prompts (with the tools a multi-turn job shows)."""
-    rows = load_examples(resolve_data_path(config.data.train_file, "data.train_file"))
-    if config.data.validation_file:
+    """The job's rows and their rendered prompts (with the tools a multi-turn job shows).
+    A verifiers job's rows are its taskset's tasks (validation: `data.validation_size` of
+    them held out)."""
+    if episodes is not None and episodes.verifiers is not None:
+        rows = task_examples(episodes.verifiers.tasks, episodes.verifiers.settings.taskset)
+    else:
+        rows = load_examples(resolve_data_path(config.data.train_file, "data.train_file"))
+    if config.data.validation_file and not config.env.verifiers:
         train = rows
         validation = load_examples(
             resolve_data_path(config.data.validation_file, "data.validation_file")

@@ -10,6 +10,8 @@ turned into what grading and the update need (samples, combined rewards, per-tur
   (`env.openenv_url`, openrft/rollout/openenv_env.py).
 - An agent (`env.agent = "file.py:run"`): the user's function calls the policy through an
   OpenAI client (openrft.rollout.agents) and returns the episode's reward.
+- A verifiers taskset (`env.verifiers = "my_taskset"`): its tasks are the rows; verifiers
+  runs the episodes in its own venv and scores them (openrft.rollout.verifiers_env).
 - Rewards (`env.reward`): "episode" = the grader's score of the whole conversation; "turns" =
   the sum of the environment's per-turn rewards (no grader call); "sum" = both. An episode
   whose environment failed is a failed grade (left out, counted), never a reward of 0.
@@ -29,6 +31,7 @@ from openrft.config import EnvConfig, JobConfig
 from openrft.data import encode_prompt
 from openrft.data.tool_rows import chat_tool
 from openrft.errors import ConfigError
+from openrft.models.load import resolve_model_dir
 from openrft.rewards.grader import to_grade
 from openrft.rollout.agent_proxy import AgentProxy
 from openrft.rollout.agents import run_agent_episodes, run_external_episodes
@@ -44,6 +47,7 @@ from openrft.rollout.openenv_env import OpenEnvService, OpenEnvSettings
 from openrft.rollout.remote_env import RemoteService, RemoteSettings, is_remote
 from openrft.rollout.tool_calls import ParsedTurn, parser_for
 from openrft.rollout.tools import ToolBox
+from openrft.rollout.verifiers_env import VerifiersSettings, VerifiersWorker
 from openrft.types import Completion, Example, Grade, Sample, SamplingParams
 
 CUT_REASONS = ("max_turns", "length", "timeout")  # limits that cut an episode short
@@ -84,11 +88,20 @@ class EpisodeJob:
     service: RemoteService | OpenEnvService | None = None  # a remote environment's client
     agent: Callable[..., Any] | None = None  # env.agent's function
     proxy: AgentProxy | None = None  # serves the agent's calls (started on the first run)
+    verifiers: VerifiersWorker | None = None  # env.verifiers: the worker running its episodes
+    renderer_model: str = ""  # the model directory verifiers loads its tokenizer from
+    verifiers_tool_parser: str | None = None  # its renderer's tool parser (None: no tools)
 
     @property
     def external(self) -> bool:
         """env.agent = "external": agents outside openrft take the rollouts over HTTP."""
         return self.config.agent == EXTERNAL
+
+    @property
+    def self_scored(self) -> bool:
+        """The episode's own code gives its reward (an agent, external or not, or a
+        verifiers taskset): no grader is called."""
+        return self.agent is not None or self.external or self.verifiers is not None
 
     def run(
         self,
@@ -99,12 +112,21 @@ class EpisodeJob:
     ) -> list[list[Completion]]:
         """params.n episodes per example: the engine against the environment or tools, or
         the agent function calling the engine through the proxy."""
-        if self.agent is None and not self.external:
+        if not self.self_scored:
             return run_episodes(engine, examples, prompt_ids, params, self.setup)
         limits = self.setup.limits
         proxy = self.agent_proxy()
         proxy.generate = engine.generate
         proxy.params = replace(params, n=1, max_new_tokens=limits.max_new_tokens)
+        if self.verifiers is not None:
+            return self.verifiers.run(
+                proxy,
+                examples,
+                params.n,
+                self.config.max_concurrent,
+                self.verifiers_tool_parser,
+                self.renderer_model,
+            )
         if self.external:
             return run_external_episodes(proxy, examples, params.n, limits.timeout_s)
         assert self.agent is not None
@@ -142,6 +164,11 @@ class EpisodeJob:
             )
         elif self.agent is not None:
             what = f"agent {env.agent} (its calls served by the policy)"
+        elif self.verifiers is not None:
+            what = (
+                f"verifiers taskset {env.verifiers} ({len(self.verifiers.tasks)} tasks, "
+                f"harness {env.verifiers_harness or 'its own'})"
+            )
         elif env.openenv_url:
             what = f"OpenEnv server {env.openenv_url} (actions: {env.openenv_action})"
         else:
@@ -159,6 +186,8 @@ class EpisodeJob:
             self.service.close()
         if self.proxy is not None:
             self.proxy.stop()
+        if self.verifiers is not None:
+            self.verifiers.close()
 
 
 def row_tools(example: Example, tools: ToolBox | None) -> list[dict[str, Any]] | None:
@@ -183,6 +212,7 @@ def episode_job(
     tools: ToolBox | None = None
     service: RemoteService | OpenEnvService | None = None
     agent: Callable[..., Any] | None = None
+    verifiers: VerifiersWorker | None = None
     if env.tools or env.tool_endpoints:
         tools = ToolBox(
             builtin_file(env.tools, "tools", "env.tools") or None,
@@ -204,6 +234,24 @@ def episode_job(
 
         def make_env(example: Example) -> Any:
             raise AssertionError("an agent's episodes have no environment object")
+
+    elif env.verifiers:
+        taskset, directory = taskset_location(env.verifiers)
+        verifiers = VerifiersWorker(
+            VerifiersSettings(
+                taskset,
+                env.verifiers_args,
+                env.verifiers_python,
+                env.verifiers_harness,
+                env.max_turns,
+                env.episode_timeout_s,
+                (directory,),
+            )
+        )
+        parser_name, parser = "none", ParsedTurn
+
+        def make_env(example: Example) -> Any:
+            raise AssertionError("verifiers runs its episodes itself")
 
     elif env.openenv_url:
         openenv = OpenEnvService(
@@ -272,9 +320,36 @@ def episode_job(
         config.rollout.stop,
     )
     job = EpisodeJob(setup, env, tools, parser_name, template, service, agent)
+    if verifiers is not None:
+        # verifiers renders prompts with the model directory's own tokenizer and template.
+        job.verifiers, job.renderer_model = verifiers, str(resolve_model_dir(config.model.name))
+        job.verifiers_tool_parser = verifiers_tool_parser(env.verifiers_tool_parser, tokenizer)
     if job.external:
         job.agent_proxy()  # listening from the start: agents may connect before step 1
     return job
+
+
+def taskset_location(spec: str) -> tuple[str, str]:
+    """env.verifiers -> (the id verifiers resolves, the directory its module imports from):
+    a path to a package or .py file names its directory; an id imports from the working
+    directory (or an installed package)."""
+    if "/" in spec or spec.endswith(".py"):
+        path = Path(spec).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError("env.verifiers", f"{spec}: no such taskset module or package")
+        return path.stem, str(path.parent)
+    return spec, str(Path.cwd())
+
+
+def verifiers_tool_parser(name: str, tokenizer: Any) -> str | None:
+    """The tool parser verifiers' renderer reads the model's calls with: "auto" picks
+    renderers' "qwen3" (Hermes-style <tool_call> JSON) where the chat template writes
+    those; "none" (or auto on a template without them) runs tool-less tasksets only."""
+    if name == "none":
+        return None
+    if name != "auto":
+        return name
+    return "qwen3" if "<tool_call>" in (getattr(tokenizer, "chat_template", "") or "") else None
 
 
 def _no_engine_yet(prompts: Any, params: Any) -> Any:

@@ -116,7 +116,7 @@ def grade_samples(
     if episodes is None:
         return grade_safely(grader, samples)
     flat = [c for group in completions for c in group]
-    if episodes.agent is not None:  # the agent's function returned the reward
+    if episodes.self_scored:  # the agent (or the verifiers taskset) gave the reward
         return [agent_grade(c.episode) for c in flat]
     mode = episodes.config.reward
     graded = [i for i, c in enumerate(flat) if c.finish_reason != "error" and needs_grader(mode)]

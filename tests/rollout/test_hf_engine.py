@@ -5,6 +5,7 @@ end-of-turn ids."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -313,3 +314,21 @@ def test_stop_string_longer_than_sixteen_tokens_stops(tiny_model_dir):
     assert stopped.text == ""  # cut before the stop string, which starts the completion
     assert stopped.finish_reason == "stop"
     assert len(stopped.token_ids) == 17
+
+
+def test_reported_logprobs_match_the_models_own_scoring(loaded, engine, prompts):
+    """logprobs=True: each sampled token's log-prob under the raw model (the plain twin:
+    a transformers forward over prompt + completion), the tokens unchanged by asking."""
+    model, _ = loaded
+    params = SamplingParams(n=2, temperature=1.3, max_new_tokens=10, seed=5)
+    plain = engine.generate(prompts[:3], params)
+    scored = engine.generate(prompts[:3], replace(params, logprobs=True))
+    for prompt, group, same in zip(prompts, scored, plain, strict=False):
+        for completion, twin in zip(group, same, strict=True):
+            assert completion.token_ids == twin.token_ids and twin.logprobs is None
+            assert len(completion.logprobs) == len(completion.token_ids)
+            ids = torch.tensor([prompt + list(completion.token_ids)])
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(prompt) - 1 : -1].double()
+            expected = logits.log_softmax(-1).gather(-1, ids[0, len(prompt) :, None])[:, 0]
+            assert torch.allclose(torch.tensor(completion.logprobs).double(), expected, atol=1e-4)
