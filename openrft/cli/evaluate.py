@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,9 @@ def _add_baseline(subparsers: Any) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: float | None) -> None:
-    parser.add_argument("--data", required=True, help="JSONL file or builtin:sst2/validation")
+    parser.add_argument(
+        "--data", help="JSONL file or builtin:sst2/validation (with --verifiers: its tasks)"
+    )
     parser.add_argument(
         "--grader", help="built-in name, file.py:fn or grader file (not with --agent)"
     )
@@ -116,6 +119,12 @@ def _add_common(parser: argparse.ArgumentParser, samples: int, temperature: floa
     episodes.add_argument("--agent", help="file.py:run (docs/agents.md): its return is the reward")
     episodes.add_argument("--openenv-url", help="an OpenEnv server (docs/openenv.md)")
     episodes.add_argument(
+        "--verifiers", help="a verifiers taskset (docs/verifiers.md): its tasks and rewards"
+    )
+    episodes.add_argument(
+        "--verifiers-args", default="{}", help="the taskset's config fields as a JSON object"
+    )
+    episodes.add_argument(
         "--openenv-action", default="json", help="json or text:<field> (with --openenv-url)"
     )
     episodes.add_argument("--max-turns", type=_positive, default=6, help="assistant turns (6)")
@@ -133,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     grader = grader_for(args)
     params = sampling_params(args)
-    examples = load_prompts(args.data, limit=args.limit)
+    examples = load_prompts(args.data, limit=args.limit) if args.data else []
     output = Path(args.output or f"{'compare' if args.compare else 'eval'}-{_stamp()}.json")
     if not args.compare:
         result = evaluate_model(args.model, args.adapter, examples, args, grader, params)
@@ -162,13 +171,17 @@ def grader_for(args: argparse.Namespace) -> Any:
     from openrft.errors import RFTError
     from openrft.rewards import build_grader
 
-    if args.grader and args.agent:
-        raise RFTError("--agent returns the reward itself: leave out --grader")
-    if args.agent:
-        args.grader = f"agent {args.agent}"  # what the report names as the reward
+    scorer = f"agent {args.agent}" if args.agent else ""
+    scorer = scorer or (f"verifiers {args.verifiers}" if args.verifiers else "")
+    if args.grader and scorer:
+        raise RFTError(f"{scorer} gives the reward itself: leave out --grader")
+    if scorer:
+        args.grader = scorer  # what the report names as the reward
         return build_grader("exact_label", args.timeout)
+    if not args.data:
+        raise RFTError("--data is required (or --verifiers)")
     if not args.grader:
-        raise RFTError("--grader is required (or --agent)")
+        raise RFTError("--grader is required (or --agent, or --verifiers)")
     return build_grader(args.grader, args.timeout)
 
 
@@ -180,10 +193,14 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     grader = grader_for(args)
     params = sampling_params(args)
-    examples = load_prompts(args.data)
-    if args.prompts < len(examples):  # a seeded sample: a sorted file's head would bias it
-        _, examples = split_holdout(examples, args.prompts, args.seed)
-    result = evaluate_model(args.model, args.adapter, examples, args, grader, params)
+
+    def sample(examples: list[Example]) -> list[Example]:
+        if args.prompts < len(examples):  # a seeded sample: a sorted file's head would bias it
+            _, examples = split_holdout(examples, args.prompts, args.seed)
+        return examples
+
+    examples = sample(load_prompts(args.data)) if args.data else []
+    result = evaluate_model(args.model, args.adapter, examples, args, grader, params, sample)
     base = advise(result, args.rft_unnecessary_above, args.sft_first_share)
     print(format_baseline(base))
     if args.output:
@@ -199,13 +216,17 @@ def evaluate_model(
     args: argparse.Namespace,
     grader: Grader,
     params: SamplingParams,
+    pick: Any = None,
 ) -> EvalResult:
-    """Load `model` (+ `adapter`), render the prompts with its tokenizer, evaluate."""
+    """Load `model` (+ `adapter`), render the prompts with its tokenizer, evaluate. With
+    --verifiers and no prompts, the taskset's tasks (`pick` chooses among them; default:
+    the first --limit)."""
     import torch
 
     from openrft.data import encode_prompt
     from openrft.evaluation.evaluate import evaluate
     from openrft.rollout.hf_engine import HFEngine
+    from openrft.rollout.verifiers_env import task_examples
     from openrft.train.episodes import row_tools
 
     name = model + (f" + {adapter}" if adapter else "")
@@ -213,7 +234,11 @@ def evaluate_model(
     net, tokenizer, adapter_dir = load_eval_model(model, adapter, args.dtype)
     torch.manual_seed(params.seed)
     engine = HFEngine(net, tokenizer, args.batch_size)
-    job = episode_job_for(args, tokenizer, engine.end_token_ids)
+    job = episode_job_for(args, tokenizer, engine.end_token_ids, model)
+    if job is not None and job.verifiers is not None and not examples:
+        examples = task_examples(job.verifiers.tasks, job.verifiers.settings.taskset)
+        limit = getattr(args, "limit", None)
+        examples = pick(examples) if pick else examples[:limit] if limit else examples
     tools = job.tools if job else None
     prompt_ids = [
         encode_prompt(
@@ -235,10 +260,12 @@ def evaluate_model(
     return result
 
 
-def episode_job_for(args: argparse.Namespace, tokenizer: Any, end_token_ids: frozenset[int]):
-    """The episode machinery of `--tools` / `--environment` / `--agent` (None: single
-    turns)."""
-    kinds = ("tools", "environment", "agent", "openenv_url")
+def episode_job_for(
+    args: argparse.Namespace, tokenizer: Any, end_token_ids: frozenset[int], model: str = ""
+):
+    """The episode machinery of `--tools` / `--environment` / `--agent` / `--openenv-url`
+    / `--verifiers` (None: single turns)."""
+    kinds = ("tools", "environment", "agent", "openenv_url", "verifiers")
     if not any(getattr(args, name, None) for name in kinds):
         return None
     from openrft.config import load_config
@@ -261,7 +288,27 @@ def episode_job_for(args: argparse.Namespace, tokenizer: Any, end_token_ids: fro
             f"env.openenv_url={args.openenv_url}",
             f"env.openenv_action={args.openenv_action}",
         ]
-    return episode_job(load_config(None, overrides), tokenizer, end_token_ids)
+    config = load_config(None, overrides)
+    if args.verifiers:
+        env = replace(
+            config.env, verifiers=args.verifiers, verifiers_args=_json_table(args.verifiers_args)
+        )
+        config = replace(config, env=env, model=replace(config.model, name=model))
+    return episode_job(config, tokenizer, end_token_ids)
+
+
+def _json_table(text: str) -> dict[str, Any]:
+    import json
+
+    from openrft.errors import ConfigError
+
+    try:
+        table = json.loads(text)
+    except ValueError as error:
+        raise ConfigError("--verifiers-args", f"not JSON: {error}") from error
+    if not isinstance(table, dict):
+        raise ConfigError("--verifiers-args", "must be a JSON object")
+    return table
 
 
 def load_eval_model(

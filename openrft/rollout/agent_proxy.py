@@ -135,9 +135,7 @@ class AgentProxy:
             self.url = self._server.__enter__() + "v1/"
         return self.url
 
-    def open(
-        self, item: dict[str, Any] | None = None, agents: int = 1, key: str = ""
-    ) -> str:
+    def open(self, item: dict[str, Any] | None = None, agents: int = 1, key: str = "") -> str:
         """A new episode's key (its client's API key), for `agents` agents running at once
         (a token-level batch: see finished()). With `item`, a rollout an external agent
         takes with POST /v1/rollouts; it counts as running once taken. `key` reuses a

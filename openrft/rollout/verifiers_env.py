@@ -73,7 +73,7 @@ class VerifiersWorker:
             [str(python), str(WORKER)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=sys.stderr,
+            stderr=None,  # its log (and verifiers') goes where openrft's goes
             text=True,
             bufsize=1,
         )
@@ -197,12 +197,16 @@ class VerifiersWorker:
         process, self.process = self.process, None
         if process.stdin is not None:
             with contextlib.suppress(OSError):
-                process.stdin.close()
+                process.stdin.close()  # an idle worker ends here
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            process.terminate()  # a busy one cancels its episodes; verifiers stops their tools
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def episode_of(
@@ -267,7 +271,7 @@ def task_examples(tasks: Sequence[dict[str, Any]], taskset: str) -> list[Example
         if isinstance(prompt, str):
             messages.append({"role": "user", "content": prompt})
         elif isinstance(prompt, list):
-            messages.extend(dict(m) for m in prompt)
+            messages.extend(_openai_message(m) for m in prompt)
         idx = task["idx"]
         examples.append(
             Example(
@@ -279,3 +283,20 @@ def task_examples(tasks: Sequence[dict[str, Any]], taskset: str) -> list[Example
             )
         )
     return examples
+
+
+def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A verifiers message in OpenAI's shape (a tool call's name and arguments under
+    "function"), as openrft's rows and chat templates have them."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return {k: v for k, v in message.items() if v is not None}
+    nested = [
+        {
+            "id": call.get("id"),
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]},
+        }
+        for call in calls
+    ]
+    return {**{k: v for k, v in message.items() if v is not None}, "tool_calls": nested}

@@ -24,7 +24,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,47 @@ def run_scripts_here() -> None:
     if not hasattr(Runtime, "prepare_uv_script"):
         raise RuntimeError("verifiers' Runtime.prepare_uv_script is gone: a new verifiers?")
     Runtime.prepare_uv_script = prepare_uv_script
+
+
+def register_hermes_parser() -> None:
+    """renderers' tool parser "hermes": its "qwen3" parser (calls in <tool_call> tags), and
+    openrft's rule for a reply that is nothing but calls' JSON, one per line, without the
+    tags (openrft.rollout.tool_calls._bare_calls: small models such as Qwen2.5-Coder-0.5B
+    drop the tags more often than not). With it a model's calls read the same under
+    verifiers as in openrft's own episodes."""
+    from renderers.base import ParsedToolCall, ToolCallParseStatus
+    from renderers.parsers import TOOL_PARSERS, Qwen3ToolParser
+
+    class HermesToolParser(Qwen3ToolParser):
+        def extract(self, ids):
+            content, calls = super().extract(ids)
+            if calls:
+                return content, calls
+            text = self._tokenizer.decode(ids, skip_special_tokens=True).strip()
+            fenced = re.match(r"^```(?:json)?\s*(.*?)\s*```$", text, re.DOTALL)
+            lines = [line.strip() for line in (fenced.group(1) if fenced else text).splitlines()]
+            bare = []
+            for line in filter(None, lines):
+                try:
+                    value = json.loads(line) if line.startswith("{") else None
+                except ValueError:
+                    value = None
+                if not (isinstance(value, dict) and set(value) == {"name", "arguments"}):
+                    return ids, []
+                if not (isinstance(value["name"], str) and isinstance(value["arguments"], dict)):
+                    return ids, []
+                bare.append(
+                    ParsedToolCall(
+                        raw=line,
+                        name=value["name"],
+                        arguments=value["arguments"],
+                        token_span=(0, len(ids)),
+                        status=ToolCallParseStatus.OK,
+                    )
+                )
+            return ([], bare) if bare else (ids, [])
+
+    TOOL_PARSERS["hermes"] = HermesToolParser
 
 
 def describe(task: Any) -> dict[str, Any]:
@@ -166,16 +211,44 @@ async def run(vf: Any, env: Any, tasks: dict[int, Any], request: dict[str, Any])
     emit({"done": len(runs)})
 
 
+async def guarded(setup: dict[str, Any]) -> None:
+    """serve(), cancelled on SIGTERM or when openrft (the parent) is gone, so verifiers'
+    own clean-up stops the harness programs and tool servers it started (each in a session
+    of its own: they would outlive a plain kill of this process)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        loop.call_soon_threadsafe(task.cancel)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        await serve(setup)
+    except asyncio.CancelledError:
+        print("verifiers worker: stopping (asked to, or openrft is gone)", file=sys.stderr)
+        # A cancelled stdin read holds a thread that asyncio.run would wait for.
+        deadline = threading.Timer(20.0, os._exit, args=(0,))
+        deadline.daemon = True
+        deadline.start()
+
+
 def main() -> None:
     setup = json.loads(sys.stdin.readline())
-    for directory in reversed(setup.get("path", [])):
+    setup["path"] = [os.path.abspath(directory) for directory in setup.get("path", [])]
+    for directory in reversed(setup["path"]):
         sys.path.insert(0, directory)
     # Toolsets start as `python -m <module>`: their modules must import in the children too.
     inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join([*setup.get("path", []), *inherited])
+    os.environ["PYTHONPATH"] = os.pathsep.join([*setup["path"], *inherited])
     try:
         run_scripts_here()
-        asyncio.run(serve(setup))
+        register_hermes_parser()
+        asyncio.run(guarded(setup))
     except Exception as error:
         traceback.print_exc()
         emit({"error": f"{type(error).__name__}: {error}"})

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from openrft.config import EnvConfig, JobConfig
-from openrft.data import encode_prompt
+from openrft.data import encode_prompt, resolve_data_path
 from openrft.data.tool_rows import chat_tool
 from openrft.errors import ConfigError
 from openrft.models.load import resolve_model_dir
@@ -237,10 +237,17 @@ def episode_job(
 
     elif env.verifiers:
         taskset, directory = taskset_location(env.verifiers)
+        # "builtin:<data set>/<split>" values name openrft's own data files (prepared here).
+        args = {
+            name: str(resolve_data_path(value, f"env.verifiers_args.{name}"))
+            if isinstance(value, str) and value.startswith(BUILTIN)
+            else value
+            for name, value in env.verifiers_args.items()
+        }
         verifiers = VerifiersWorker(
             VerifiersSettings(
                 taskset,
-                env.verifiers_args,
+                args,
                 env.verifiers_python,
                 env.verifiers_harness,
                 env.max_turns,
@@ -331,8 +338,17 @@ def episode_job(
 
 def taskset_location(spec: str) -> tuple[str, str]:
     """env.verifiers -> (the id verifiers resolves, the directory its module imports from):
-    a path to a package or .py file names its directory; an id imports from the working
-    directory (or an installed package)."""
+    a path to a package or .py file names its directory; `builtin:<name>` is openrft's own
+    (openrft/recipes/verifiers/); an id imports from the working directory (or an
+    installed package)."""
+    if spec.startswith(BUILTIN):
+        path = RECIPES / "verifiers" / spec.removeprefix(BUILTIN)
+        if not path.is_dir():
+            folders = (RECIPES / "verifiers").iterdir()
+            tasksets = sorted(p for p in folders if p.is_dir() and not p.name.startswith("_"))
+            known = ", ".join(f"{BUILTIN}{p.name}" for p in tasksets)
+            raise ConfigError("env.verifiers", f"unknown built-in {spec!r}; choices: {known}")
+        return path.name, str(path.parent)
     if "/" in spec or spec.endswith(".py"):
         path = Path(spec).expanduser().resolve()
         if not path.exists():
@@ -343,13 +359,14 @@ def taskset_location(spec: str) -> tuple[str, str]:
 
 def verifiers_tool_parser(name: str, tokenizer: Any) -> str | None:
     """The tool parser verifiers' renderer reads the model's calls with: "auto" picks
-    renderers' "qwen3" (Hermes-style <tool_call> JSON) where the chat template writes
-    those; "none" (or auto on a template without them) runs tool-less tasksets only."""
+    "hermes" (openrft's: <tool_call> JSON, or bare JSON lines; registered by the worker)
+    where the chat template writes <tool_call>; "none" (or auto on a template without
+    them) runs tool-less tasksets only; other names are renderers' own ("qwen3", ...)."""
     if name == "none":
         return None
     if name != "auto":
         return name
-    return "qwen3" if "<tool_call>" in (getattr(tokenizer, "chat_template", "") or "") else None
+    return "hermes" if "<tool_call>" in (getattr(tokenizer, "chat_template", "") or "") else None
 
 
 def _no_engine_yet(prompts: Any, params: Any) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 import peft
 import pytest
 import torch
+from verifiers_env import TASKSETS, needs_verifiers
 
 from openrft.algo.passk import mean_pass_at_k
 from openrft.cli import main
@@ -325,3 +326,24 @@ def test_cli_eval_runs_an_agent_whose_return_is_the_reward(model_dir, files, tmp
     assert "leave out --grader" in capsys.readouterr().err
     assert main(args) == 1
     assert "--grader is required" in capsys.readouterr().err
+
+
+@needs_verifiers
+def test_cli_eval_and_baseline_run_a_verifiers_taskset(model_dir, tmp_path, capsys):
+    """--verifiers: the taskset's tasks are the prompts, its rewards the score."""
+    taskset = ["--verifiers", str(TASKSETS / "tiny_vf")]
+    options = ["--verifiers-args", '{"num_tasks": 5, "tools": false}', "--max-turns", "2"]
+    out = tmp_path / "vf.json"
+    assert main([
+        "eval", "--model", str(model_dir), *taskset, *options, "--limit", "3",
+        "--samples", "2", "--max-new-tokens", "6", "--output", str(out),
+    ]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert len(result["per_prompt"]) == 3 and result["info"]["grader"].startswith("verifiers")
+    assert result["per_prompt"][0]["example_id"] == "tiny_vf:0"
+    assert "reward/correct/mean" in result["metrics"] and result["error_counts"] == {}
+    assert main(["baseline", "--model", str(model_dir), *taskset, *options, "--prompts", "2",
+                 "--samples", "2", "--max-new-tokens", "6"]) == 0  # fmt: skip
+    assert "2 prompts" in capsys.readouterr().out
+    assert main(["eval", "--model", str(model_dir), *taskset, "--verifiers-args", "[1]"]) == 1
+    assert "must be a JSON object" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from openrft.types import Completion, SamplingParams
 
 END = "<|im_end|>"
 CALL = '<tool_call>\n{"name": "calc_add", "arguments": {"a": 20, "b": 22}}\n</tool_call>'
+BARE_CALL = '{"name": "calc_add", "arguments": {"a": 20, "b": 22}}'  # the tags dropped
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ def tokenizer(tmp_path_factory):
 class ScriptedEngine:
     """generate(): a tool call first, then the sum once a tool result is in the prompt."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, call=CALL):
+        self.tokenizer, self.call = tokenizer, call
         self.end = tokenizer.convert_tokens_to_ids(END)
         self.served: list[tuple[tuple[int, ...], Completion]] = []
 
@@ -49,7 +50,7 @@ class ScriptedEngine:
         assert params.logprobs  # a token-level client is always sent log-probs
         out = []
         for prompt in prompts:
-            text = "The sum is 42." if "<tool_response>" in self._text(prompt) else CALL
+            text = "The sum is 42." if "<tool_response>" in self._text(prompt) else self.call
             ids = [*self.tokenizer(text, add_special_tokens=False)["input_ids"], self.end]
             completion = Completion(tuple(ids), text, "stop", tuple(-0.25 for _ in ids))
             self.served.append((tuple(prompt), completion))
@@ -88,8 +89,15 @@ def worker(num_tasks=1, **args):
 
 
 @needs_verifiers
-def test_a_tool_taskset_trains_on_exactly_what_the_policy_sampled(tokenizer):
-    engine = ScriptedEngine(tokenizer)
+@pytest.mark.parametrize(
+    ("parser", "call"),
+    [("qwen3", CALL), ("hermes", CALL), ("hermes", BARE_CALL)],
+    ids=["qwen3", "hermes", "hermes-bare-json"],
+)
+def test_a_tool_taskset_trains_on_exactly_what_the_policy_sampled(tokenizer, parser, call):
+    """renderers' qwen3 parser, and openrft's "hermes" (the worker registers it), which
+    also reads a call's bare JSON as openrft's own episodes do."""
+    engine = ScriptedEngine(tokenizer, call)
     proxy = proxy_for(tokenizer, engine)
     vf = worker(num_tasks=1)
     try:
@@ -97,7 +105,7 @@ def test_a_tool_taskset_trains_on_exactly_what_the_policy_sampled(tokenizer):
         assert [e.reference_answer for e in examples] == ["42"]
         assert examples[0].metadata[TASK_KEY] == 0
         assert "What is 20 + 22?" in examples[0].messages[-1]["content"]
-        groups = vf.run(proxy, examples, 2, 4, "qwen3", tokenizer.directory)
+        groups = vf.run(proxy, examples, 2, 4, parser, tokenizer.directory)
     finally:
         vf.close()
         proxy.stop()
@@ -144,9 +152,7 @@ def test_the_token_endpoint_speaks_vllms_generate(tokenizer):
         long = {**body, "token_ids": prompt * 20}
         refused = httpx.post(f"{base}inference/v1/generate", json=long, headers=headers)
         assert refused.status_code == 400
-        bad = httpx.post(
-            f"{base}inference/v1/generate", json={"token_ids": [-1]}, headers=headers
-        )
+        bad = httpx.post(f"{base}inference/v1/generate", json={"token_ids": [-1]}, headers=headers)
         assert bad.status_code == 400 and "token_ids" in bad.text
         stranger = httpx.post(f"{base}inference/v1/generate", json=body)
         assert stranger.status_code == 401
@@ -220,9 +226,7 @@ def test_a_taskset_that_does_not_load_is_a_clear_error():
 
     with pytest.raises(RolloutError, match="no_such_taskset"):
         VerifiersWorker(
-            VerifiersSettings(
-                "no_such_taskset", {}, VERIFIERS_PYTHON or "", path=(str(TASKSETS),)
-            )
+            VerifiersSettings("no_such_taskset", {}, VERIFIERS_PYTHON or "", path=(str(TASKSETS),))
         )
 
 
@@ -231,3 +235,59 @@ def test_a_missing_verifiers_venv_names_the_make_target(tmp_path):
 
     with pytest.raises(ConfigError, match="make verifiers"):
         VerifiersWorker(VerifiersSettings("tiny_vf", {}, str(tmp_path / "nope" / "python")))
+
+
+@needs_verifiers
+def test_closing_a_busy_worker_stops_every_process_verifiers_started(tokenizer):
+    """A job that ends mid-step (stopped, failed) leaves no harness program or tool server
+    behind: verifiers starts each in a session of its own, out of reach of a plain kill."""
+    import threading
+    import time
+    from pathlib import Path
+
+    release = threading.Event()
+
+    class Stuck(ScriptedEngine):
+        def generate(self, prompts, params):
+            release.wait(60)
+            return super().generate(prompts, params)
+
+    proxy = proxy_for(tokenizer, Stuck(tokenizer))
+    vf = worker(num_tasks=1)
+    worker_pid = vf.process.pid
+    examples = task_examples(vf.tasks, "tiny_vf")
+    out = {}
+    running = threading.Thread(
+        target=lambda: out.update(
+            groups=vf.run(proxy, examples, 2, 4, "qwen3", tokenizer.directory)
+        )
+    )
+    running.start()
+
+    def verifiers_processes():
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if entry.name.isdigit() and (b"tiny_vf" in command or b"verifiers-scripts" in command):
+                found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(verifiers_processes()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the tool servers and harness programs are up, waiting on the model
+    assert len(verifiers_processes()) >= 3
+    vf.close()
+    release.set()
+    running.join(60)
+    proxy.stop()
+    assert (
+        not Path(f"/proc/{worker_pid}").exists()
+        or b"zombie" in Path(f"/proc/{worker_pid}/status").read_bytes().lower()
+    )
+    time.sleep(1)
+    assert verifiers_processes() == []
+    episodes = [c.episode for c in out["groups"][0]]
+    assert all(e.finish_reason == "error" and "exited" in e.error for e in episodes)
