@@ -386,6 +386,10 @@ def validate(config: JobConfig) -> None:
             "the taskset brings its own tools, environment and rewards: set it without "
             "env.tools, env.tool_endpoints, env.environment, env.agent or env.openenv_url",
         )
+    if env.verifiers and env.reward != "episode":
+        raise ConfigError(
+            "env.reward", "a verifiers taskset scores whole episodes: leave env.reward = 'episode'"
+        )
     if env.openenv_url and (env.tools or env.tool_endpoints or env.environment):
         raise ConfigError(
             "env.openenv_url",

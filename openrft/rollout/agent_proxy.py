@@ -219,15 +219,23 @@ class AgentProxy:
                 body = await request.json()
             except ValueError:
                 body = None
-            if not isinstance(body, dict) or "reward" not in body:
-                raise RequestError("the body must be a JSON object with a 'reward'", "reward")
+            if not isinstance(body, dict) or not ({"reward", "turn_rewards"} & set(body)):
+                raise RequestError(
+                    "the body must be a JSON object with a 'reward' (and/or 'turn_rewards')",
+                    "reward",
+                )
             with self.lock:
                 episode = self.episodes.get(rollout_id)
                 if episode is None or episode.item is None:
                     raise RequestError(f"no rollout {rollout_id!r} (timed out?)", status=404)
                 if episode.reported.is_set():
                     raise RequestError(f"rollout {rollout_id!r} was reported already", status=409)
-                episode.outcome = body["reward"]
+                episode.outcome = body.get("reward")
+                if "turn_rewards" in body:  # split off again by agents.split_turn_rewards
+                    reward = episode.outcome
+                    base = reward if isinstance(reward, dict) else {"score": reward}
+                    base = {k: v for k, v in base.items() if v is not None}
+                    episode.outcome = {**base, "turn_rewards": body["turn_rewards"]}
                 episode.reported.set()
                 self.running -= 1
             return Response(status_code=204)

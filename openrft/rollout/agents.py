@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -117,13 +119,42 @@ def run_external_episodes(
 def _finished(
     calls: EpisodeCalls, outcome: Any, finish: FinishReason, error: str | None, wall_s: float
 ) -> Episode:
-    if finish == "stop" and outcome is None:
+    outcome, turn_rewards, problem = split_turn_rewards(outcome, len(calls.calls))
+    if finish == "stop" and problem:
+        finish, error = "error", problem
+    if finish == "stop" and outcome is None and turn_rewards is None:
         finish, error = "error", "the agent returned None: return its reward (or a dict)"
     if finish == "stop" and calls.limit is not None:
         finish = calls.limit  # it ran into a limit and still returned a reward: a cut episode
-    episode = episode_from_calls(calls.calls, finish, error, outcome)
+    episode = episode_from_calls(calls.calls, finish, error, outcome, turn_rewards)
     # env_s of an agent's episode: its own work (its tools, its logic), not the model's.
     return replace(episode, env_s=max(0.0, wall_s - calls.model_s))
+
+
+def split_turn_rewards(
+    outcome: Any, calls: int
+) -> tuple[Any, list[float | None] | None, str | None]:
+    """An agent's return value without its "turn_rewards" (one number, or null, per model
+    call, in the order of the calls), those rewards, and what is wrong with them. A dict left
+    with nothing else is None (the episode's reward is then the turns')."""
+    if not isinstance(outcome, dict) or "turn_rewards" not in outcome:
+        return outcome, None, None
+    rest = {k: v for k, v in outcome.items() if k != "turn_rewards"}
+    rewards = outcome["turn_rewards"]
+    problem = None
+    if not isinstance(rewards, list) or len(rewards) != calls:
+        problem = f"turn_rewards must be a list of one reward per model call ({calls})"
+    elif not all(r is None or _finite(r) for r in rewards):
+        problem = f"turn_rewards must hold finite numbers or nulls, got {rewards!r}"
+    return rest or None, None if problem else [_float(r) for r in rewards], problem
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(float(value))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def episode_from_calls(
@@ -131,10 +162,12 @@ def episode_from_calls(
     finish: FinishReason = "stop",
     error: str | None = None,
     outcome: Any = None,
+    turn_rewards: Sequence[float | None] | None = None,
 ) -> Episode:
     """The calls as rows: each call joins the row whose tokens its prompt extends (the
     tokens in between are the environment's), or starts a row. The row of the first call
-    is the episode; the others are its branches."""
+    is the episode; the others are its branches. `turn_rewards` (one per call) become the
+    rewards of the calls' turns."""
     rows: list[list[AgentCall]] = []
     for call in calls:
         for row in rows:
@@ -145,7 +178,8 @@ def episode_from_calls(
                 break
         else:
             rows.append([call])
-    return episode_from_rows(rows, finish, error, outcome)
+    rewards = dict(zip(map(id, calls), turn_rewards or (), strict=False))
+    return episode_from_rows(rows, finish, error, outcome, rewards)
 
 
 def calls_of_branch(
@@ -187,12 +221,14 @@ def episode_from_rows(
     finish: FinishReason = "stop",
     error: str | None = None,
     outcome: Any = None,
+    rewards: dict[int, float | None] | None = None,
 ) -> Episode:
     """An episode whose rows are the given calls (each continuing the one before): the
-    first row is the episode, the others its branches."""
+    first row is the episode, the others its branches. `rewards`: a reward for a call's
+    turn, by id() of the call."""
     if not rows:  # the agent never called the model: a reward, but nothing to train
         return Episode((), (), finish, error, outcome=outcome)
-    main, *others = (_row_episode(row, finish, error) for row in rows)
+    main, *others = (_row_episode(row, finish, error, rewards or {}) for row in rows)
     return Episode(
         main.opening,
         main.turns,
@@ -204,12 +240,18 @@ def episode_from_rows(
     )
 
 
-def _row_episode(row: Sequence[AgentCall], finish: FinishReason, error: str | None) -> Episode:
+def _row_episode(
+    row: Sequence[AgentCall],
+    finish: FinishReason,
+    error: str | None,
+    rewards: dict[int, float | None],
+) -> Episode:
     turns = []
     for call, after in zip(row, [*row[1:], None], strict=True):
         tool_calls = len(call.reply.get("tool_calls") or ())
+        reward = rewards.get(id(call))
         if after is None:
-            turns.append(Turn(call.completion, call.reply, tool_calls=tool_calls))
+            turns.append(Turn(call.completion, call.reply, reward=reward, tool_calls=tool_calls))
             continue
         sofar = len(call.prompt_ids) + len(call.completion.token_ids)
         # The messages the agent added after this reply (tool results, a user turn), when
@@ -221,6 +263,7 @@ def _row_episode(row: Sequence[AgentCall], finish: FinishReason, error: str | No
                 call.reply,
                 tuple(dict(m) for m in added),
                 after.prompt_ids[sofar:],
+                reward=reward,
                 tool_calls=tool_calls,
             )
         )

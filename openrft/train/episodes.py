@@ -417,13 +417,28 @@ def needs_grader(mode: str) -> bool:
     return mode != "turns"
 
 
-def agent_grade(episode: Episode) -> Grade:
-    """An agent's episode's grade: what its function returned (a number, or a dict of
-    numbers with "score"); a failure when it raised, timed out or returned nothing."""
-    if episode.finish_reason in ("error", "timeout") or episode.outcome is None:
+def agent_grade(episode: Episode, mode: str = "episode") -> Grade:
+    """An agent's (or a taskset's) episode's grade, as `env.reward` says: "episode" = what
+    it returned (a number, or a dict of numbers with "score"); "turns" = the sum of the
+    per-call rewards it gave ("turn_rewards"); "sum" = both. A failure when it raised,
+    timed out, or gave nothing the mode needs."""
+    if episode.finish_reason in ("error", "timeout"):
         kind = "timeout" if episode.finish_reason == "timeout" else "runtime_error"
         return Grade.failed(kind, f"agent: {episode.error}")
-    return to_grade(episode.outcome, "agent", 0.0)
+    rewarded = any(t.reward is not None for e in (episode, *episode.branches) for t in e.turns)
+    if mode != "episode" and not rewarded:
+        return Grade.failed("invalid_output", f"env.reward = {mode!r}: no turn_rewards given")
+    if mode == "turns":
+        return combined_grade(_all_turns(episode), None, mode)
+    if episode.outcome is None:
+        return Grade.failed("invalid_output", "agent: no reward (only turn_rewards)")
+    return combined_grade(_all_turns(episode), to_grade(episode.outcome, "agent", 0.0), mode)
+
+
+def _all_turns(episode: Episode) -> Episode:
+    """The episode with its branches' turns too (their rewards count in the sum)."""
+    turns = tuple(t for e in (episode, *episode.branches) for t in e.turns)
+    return replace(episode, turns=turns)
 
 
 def per_turn_rewards(

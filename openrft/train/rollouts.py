@@ -116,9 +116,9 @@ def grade_samples(
     if episodes is None:
         return grade_safely(grader, samples)
     flat = [c for group in completions for c in group]
-    if episodes.self_scored:  # the agent (or the verifiers taskset) gave the reward
-        return [agent_grade(c.episode) for c in flat]
     mode = episodes.config.reward
+    if episodes.self_scored:  # the agent (or the verifiers taskset) gave the reward
+        return [agent_grade(c.episode, mode) for c in flat]
     graded = [i for i, c in enumerate(flat) if c.finish_reason != "error" and needs_grader(mode)]
     by_index = dict(zip(graded, grade_safely(grader, [samples[i] for i in graded]), strict=True))
     return [combined_grade(c.episode, by_index.get(i), mode) for i, c in enumerate(flat)]

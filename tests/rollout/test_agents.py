@@ -259,6 +259,8 @@ def test_external_agents_take_rollouts_call_the_model_and_report_rewards(tokeniz
             metadata = {"rollout_id": rollout["rollout_id"]} if len(taken) == 3 else None
             text = client.chat.completions.create(model="m", messages=messages, metadata=metadata)
             reward = {"reward": float(text.choices[0].message.content == "four")}
+            if len(taken) == 2:  # with a reward for its one model call
+                reward["turn_rewards"] = [0.5]
             answer = httpx.post(f"{url}rollouts/{rollout['rollout_id']}/reward", json=reward)
             assert answer.status_code == 204
 
@@ -274,8 +276,38 @@ def test_external_agents_take_rollouts_call_the_model_and_report_rewards(tokeniz
         proxy.stop()
     episodes = [c.episode for c in group]
     assert [e.finish_reason for e in episodes].count("stop") == 3
-    assert [e.outcome for e in episodes if e.finish_reason == "stop"] == [1.0, 1.0, 1.0]
+    outcomes = [e.outcome for e in episodes if e.finish_reason == "stop"]
+    assert sorted(outcomes, key=str) == [1.0, 1.0, {"score": 1.0}]
+    assert sorted(e.turns[0].reward is not None for e in episodes if e.turns) == [0, 0, 1]
     (late_one,) = [e for e in episodes if e.finish_reason == "timeout"]
     assert "no reward was reported" in late_one.error and late_one.turns == ()
     reported = [e for e in episodes if e.finish_reason == "stop"]
     assert all(len(e.turns) == 1 and e.turns[0].message["content"] == "four" for e in reported)
+
+
+def test_an_agent_rewards_each_call_with_turn_rewards(tokenizer):
+    """ "turn_rewards": one reward (or null) per model call, in call order, on the turns
+    they rewarded; a list that does not fit the calls fails the episode, never scored."""
+    engine = ScriptedEngine(
+        tokenizer, lambda p: "the answer is 3" if "3\n</tool_resp" in p else CALL_TEXT
+    )
+
+    async def rewarding(client, item):
+        outcome = await tool_agent(client, item)
+        return {**outcome, "turn_rewards": [0.25, None]}
+
+    groups = run(proxy_for(tokenizer, engine), rewarding, n=1)
+    episode = groups[0][0].episode
+    assert episode.outcome == {"score": 1.0, "turns": 2.0}  # the rewards split off
+    assert [t.reward for t in episode.turns] == [0.25, None]
+
+    async def miscounted(client, item):
+        return {**(await tool_agent(client, item)), "turn_rewards": [1.0]}
+
+    async def not_finite(client, item):
+        await tool_agent(client, item)
+        return {"turn_rewards": [float("nan"), 1.0]}
+
+    for agent, why in ((miscounted, "one reward per model call (2)"), (not_finite, "finite")):
+        episode = run(proxy_for(tokenizer, engine), agent, n=1)[0][0].episode
+        assert episode.finish_reason == "error" and why in episode.error

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,10 @@ from tiny_model import build_tool_tokenizer
 from openrft.config import load_config
 from openrft.data.render import encode_prompt
 from openrft.models.load import load_model
-from openrft.rollout.episodes import run_episodes
+from openrft.rollout.episodes import Episode, run_episodes
 from openrft.rollout.hf_engine import HFEngine
 from openrft.train.episodes import combined_grade, episode_job, row_tools
-from openrft.types import Example, Grade, SamplingParams, TrainRow
+from openrft.types import Completion, Example, Grade, SamplingParams, TrainRow
 
 END = "<|im_end|>"
 TOOLS_PY = '''
@@ -370,3 +371,26 @@ def test_the_engine_feeds_exactly_the_training_row(tiny, env_file, decoder):
         assert len(episode.turns) == 3 or episode.finish_reason == "length"
     assert sum(len(c.episode.turns) for c in groups[0]) >= 6  # several turns were continued
     assert torch.is_grad_enabled()
+
+
+def test_an_agents_grade_follows_env_reward():
+    """ "episode": what the agent returned; "turns": its turn_rewards summed (branches'
+    turns too); "sum": both. Whatever a mode needs and is missing is a failure, not a 0."""
+    from openrft.rollout.episodes import Turn
+    from openrft.train.episodes import agent_grade
+
+    def turn(reward):
+        return Turn(Completion((1,), "x", "stop"), {"role": "assistant"}, reward=reward)
+
+    branch = Episode((), (turn(0.5),), "stop")
+    episode = Episode((), (turn(0.25), turn(None)), "stop", outcome={"score": 1.0, "n": 2.0})
+    episode = replace(episode, branches=(branch,))
+    assert agent_grade(episode).score == 1.0 and agent_grade(episode).components["n"] == 2.0
+    assert agent_grade(episode, "turns").score == pytest.approx(0.75)
+    assert agent_grade(episode, "sum").score == pytest.approx(1.75)
+    plain = Episode((), (turn(None),), "stop", outcome=0.5)
+    assert agent_grade(plain, "turns").error.kind == "invalid_output"
+    only_turns = replace(episode, outcome=None)
+    assert agent_grade(only_turns, "turns").score == pytest.approx(0.75)
+    assert "no reward" in agent_grade(only_turns).error.message
+    assert agent_grade(replace(episode, finish_reason="timeout")).error.kind == "timeout"
