@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from openrft.api import bedrock, native, openai_compat
+from openrft.api import agents, bedrock, native, openai_compat
 from openrft.api.auth import ensure_token, require_token
 from openrft.api.errors import install_error_handlers
 from openrft.jobs.service import DataDir, JobService
@@ -70,6 +70,8 @@ def create_app(
     auth = [Depends(require_token)]
     for module in (native, bedrock, openai_compat):
         app.include_router(module.router, dependencies=auth)
+    # External agents: authorized by their rollout ids (taking one needs the token).
+    app.include_router(agents.router)
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
     def openapi() -> dict:

@@ -32,6 +32,7 @@ from openrft.data import encode_prompt, resolve_data_path
 from openrft.data.tool_rows import chat_tool
 from openrft.errors import ConfigError
 from openrft.models.load import resolve_model_dir
+from openrft.paths import AGENT_FILE
 from openrft.rewards.grader import to_grade
 from openrft.rollout.agent_proxy import AgentProxy
 from openrft.rollout.agents import run_agent_episodes, run_external_episodes
@@ -91,6 +92,7 @@ class EpisodeJob:
     verifiers: VerifiersWorker | None = None  # env.verifiers: the worker running its episodes
     renderer_model: str = ""  # the model directory verifiers loads its tokenizer from
     verifiers_tool_parser: str | None = None  # its renderer's tool parser (None: no tools)
+    announced: Path | None = None  # RUN_DIR/agent.json while external agents may connect
 
     @property
     def external(self) -> bool:
@@ -151,6 +153,17 @@ class EpisodeJob:
             self.proxy.start(self.config.agent_host, self.config.agent_port)
         return self.proxy
 
+    def announce(self, run_dir: Path) -> None:
+        """External agents: write where they connect (RUN_DIR/agent.json, which the job
+        server reads to forward /api/jobs/{id}/agent/v1/...); removed when the job ends."""
+        if not self.external:
+            return
+        path = run_dir / AGENT_FILE
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps({"url": self.agent_proxy().url}))
+        partial.replace(path)
+        self.announced = path
+
     def describe(self) -> str:
         """For the job's log: what answers the turns, and the limits."""
         env, limits = self.config, self.setup.limits
@@ -188,6 +201,8 @@ class EpisodeJob:
             self.proxy.stop()
         if self.verifiers is not None:
             self.verifiers.close()
+        if self.announced is not None:
+            self.announced.unlink(missing_ok=True)
 
 
 def row_tools(example: Example, tools: ToolBox | None) -> list[dict[str, Any]] | None:

@@ -77,6 +77,7 @@ def train(
         print(f"openrft: {run.notes['fast_paths']}", file=sys.stderr, flush=True)
         if episodes is not None:  # what answers the turns (external agents: where to connect)
             run.notes["episodes"] = episodes.describe()
+            episodes.announce(run_dir)
             print(f"openrft: episodes: {run.notes['episodes']}", file=sys.stderr, flush=True)
         return run_steps(run, policy, data, grader, engine, forward, episodes)
     finally:
