@@ -4,22 +4,10 @@ tests run live in tests/verifiers_tasksets (imported by the worker, never by pyt
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from side_venvs import needs, side_python
 
-LOCAL_VERIFIERS = Path(__file__).resolve().parents[1] / ".venv-verifiers" / "bin" / "python"
 TASKSETS = Path(__file__).resolve().parent / "verifiers_tasksets"
-
-
-def verifiers_python() -> str | None:
-    if os.environ.get("OPENRFT_VERIFIERS_PYTHON"):
-        return os.environ["OPENRFT_VERIFIERS_PYTHON"]
-    return str(LOCAL_VERIFIERS) if LOCAL_VERIFIERS.exists() else None
-
-
-VERIFIERS_PYTHON = verifiers_python()
-needs_verifiers = pytest.mark.skipif(
-    VERIFIERS_PYTHON is None, reason="no verifiers environment (make verifiers)"
-)
+VERIFIERS_PYTHON = side_python("OPENRFT_VERIFIERS_PYTHON", ".venv-verifiers")
+needs_verifiers = needs(VERIFIERS_PYTHON, "verifiers", "verifiers")

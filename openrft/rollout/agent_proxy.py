@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -123,6 +124,9 @@ class AgentProxy:
         self._timer: asyncio.TimerHandle | None = None
         self._seed = params.seed
         self._offered: list[str] = []  # external rollouts not taken yet, oldest first
+        # The engine runs on one thread of its own, never on whichever thread of the default
+        # pool is free: one batch at a time, and its memory kept in one allocator arena.
+        self._engine_thread: ThreadPoolExecutor | None = None
         self._server: contextlib.AbstractContextManager[str] | None = None
         self.url = ""
 
@@ -175,6 +179,9 @@ class AgentProxy:
         if self._server is not None:
             self._server.__exit__(None, None, None)
             self._server = None
+        if self._engine_thread is not None:
+            self._engine_thread.shutdown(wait=False)
+            self._engine_thread = None
 
     # The server's side.
 
@@ -429,7 +436,11 @@ class AgentProxy:
         wants_logprobs = any(p.params.logprobs for p in batch)
         params = replace(batch[0].params, seed=self._seed, logprobs=wants_logprobs)
         try:
-            results = await asyncio.to_thread(self.generate, [p.prompt for p in batch], params)
+            if self._engine_thread is None:
+                self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="openrft-engine")
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._engine_thread, self.generate, [p.prompt for p in batch], params
+            )
         except Exception as error:  # every call of the batch gets the failure
             for pending in batch:
                 pending.future.set_exception(
