@@ -179,7 +179,7 @@ class EnvConfig:
     verifiers_args: dict[str, Any] = field(default_factory=dict)  # the taskset's config fields
     verifiers_python: str = ".venv-verifiers/bin/python"  # the venv `make verifiers` installs
     verifiers_harness: str = "null"  # verifiers' harness; "" = the taskset's own, else bash
-    verifiers_tool_parser: str = "auto"  # renderer tool parser: qwen3, none, auto (by template)
+    verifiers_tool_parser: str = "auto"  # auto (by template), hermes, qwen3, none, ...
     remote_timeout_s: float = 3600.0  # per call to an environment service (a step may take hours)
     remote_retries: int = 3  # extra tries of a service call refused or answered 5xx/429
     remote_headers: dict[str, str] = field(default_factory=dict)  # sent with every service call
