@@ -50,6 +50,8 @@ class VerifiersSettings:
     max_turns: int = 8  # model calls per episode
     timeout_s: float = 600.0  # per episode
     path: tuple[str, ...] = ()  # directories the taskset's modules import from
+    renderer_model: str = ""  # the model directory verifiers loads its tokenizer from
+    tool_parser: str | None = None  # its renderer's tool parser (None: tool-less tasksets)
     start_timeout_s: float = 300.0  # loading verifiers and the taskset
 
 
@@ -123,8 +125,6 @@ class VerifiersWorker:
         examples: Sequence[Example],
         n: int,
         max_concurrent: int,
-        tool_parser: str | None,
-        renderer_model: str,
     ) -> list[list[Completion]]:
         """n episodes per example (a row made from one of this worker's tasks)."""
         if self.process is None or self.process.poll() is not None:
@@ -138,6 +138,7 @@ class VerifiersWorker:
         deadline = started + waves * self.settings.timeout_s + 60.0
         records: dict[int, list[dict[str, Any]]] = {}
         received, failure = 0, ""
+        cut: FinishReason = "error"  # how episodes the worker never reported end
         try:
             self._send(
                 {
@@ -147,8 +148,8 @@ class VerifiersWorker:
                     "base_url": proxy.url.rstrip("/"),
                     "api_key": key,
                     "model": proxy.model_id,
-                    "renderer_model": renderer_model,
-                    "tool_parser": tool_parser,
+                    "renderer_model": self.settings.renderer_model,
+                    "tool_parser": self.settings.tool_parser,
                     "sampling": {
                         "temperature": params.temperature,
                         "top_p": params.top_p,
@@ -159,11 +160,12 @@ class VerifiersWorker:
             while received < total:
                 message = self._next(deadline)
                 if message is None:
-                    failure = (
-                        f"the episodes outlived their deadline ({deadline - started:.0f} s)"
-                        if self.process is not None and self.process.poll() is None
-                        else "the verifiers worker exited (its log is above)"
-                    )
+                    if self.process is not None and self.process.poll() is None:
+                        cut = "timeout"
+                        waited = deadline - started
+                        failure = f"the episodes outlived their deadline ({waited:.0f} s)"
+                    else:
+                        failure = "the verifiers worker exited (its log is above)"
                     break
                 if "episode" in message:
                     record = message["episode"]
@@ -187,7 +189,10 @@ class VerifiersWorker:
             mine = records.get(example.metadata[TASK_KEY], [])
             group = [mine.pop(0) if mine else None for _ in range(n)]
             groups.append(
-                [episode_of(record, by_session, calls.session_limits, failure) for record in group]
+                [
+                    episode_of(record, by_session, calls.session_limits, failure, cut)
+                    for record in group
+                ]
             )
         return [[episode.completion() for episode in group] for group in groups]
 
@@ -214,11 +219,12 @@ def episode_of(
     by_session: dict[str, list[AgentCall]],
     session_limits: dict[str, FinishReason],
     failure: str,
+    cut: FinishReason = "error",
 ) -> Episode:
     """One verifiers episode as openrft's: its first trainable trace's branches as rows (the
     first the episode, the others its branches) and its reward components as the outcome."""
     if record is None:
-        return Episode((), (), "timeout" if "deadline" in failure else "error", failure)
+        return Episode((), (), cut, failure)  # `cut`: how the run lost it (error, timeout)
     trace = next((t for t in record["traces"] if t["trainable"]), None)
     if not record["ok"] or trace is None:
         errors = [*record["errors"], *(e for t in record["traces"] for e in t["errors"])]

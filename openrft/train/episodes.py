@@ -90,8 +90,6 @@ class EpisodeJob:
     agent: Callable[..., Any] | None = None  # env.agent's function
     proxy: AgentProxy | None = None  # serves the agent's calls (started on the first run)
     verifiers: VerifiersWorker | None = None  # env.verifiers: the worker running its episodes
-    renderer_model: str = ""  # the model directory verifiers loads its tokenizer from
-    verifiers_tool_parser: str | None = None  # its renderer's tool parser (None: no tools)
     announced: Path | None = None  # RUN_DIR/agent.json while external agents may connect
 
     @property
@@ -121,14 +119,7 @@ class EpisodeJob:
         proxy.generate = engine.generate
         proxy.params = replace(params, n=1, max_new_tokens=limits.max_new_tokens)
         if self.verifiers is not None:
-            return self.verifiers.run(
-                proxy,
-                examples,
-                params.n,
-                self.config.max_concurrent,
-                self.verifiers_tool_parser,
-                self.renderer_model,
-            )
+            return self.verifiers.run(proxy, examples, params.n, self.config.max_concurrent)
         if self.external:
             return run_external_episodes(proxy, examples, params.n, limits.timeout_s)
         assert self.agent is not None
@@ -268,6 +259,9 @@ def episode_job(
                 env.max_turns,
                 env.episode_timeout_s,
                 (directory,),
+                # verifiers renders prompts with the model directory's own tokenizer.
+                str(resolve_model_dir(config.model.name)),
+                verifiers_tool_parser(env.verifiers_tool_parser, tokenizer),
             )
         )
         parser_name, parser = "none", ParsedTurn
@@ -341,11 +335,7 @@ def episode_job(
         end_token_ids,
         config.rollout.stop,
     )
-    job = EpisodeJob(setup, env, tools, parser_name, template, service, agent)
-    if verifiers is not None:
-        # verifiers renders prompts with the model directory's own tokenizer and template.
-        job.verifiers, job.renderer_model = verifiers, str(resolve_model_dir(config.model.name))
-        job.verifiers_tool_parser = verifiers_tool_parser(env.verifiers_tool_parser, tokenizer)
+    job = EpisodeJob(setup, env, tools, parser_name, template, service, agent, verifiers=verifiers)
     if job.external:
         job.agent_proxy()  # listening from the start: agents may connect before step 1
     return job

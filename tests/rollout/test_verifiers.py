@@ -75,7 +75,7 @@ def proxy_for(tokenizer, engine, max_turns=4, max_tokens=1024):
     return proxy
 
 
-def worker(num_tasks=1, **args):
+def worker(num_tasks=1, tokenizer=None, parser="qwen3", **args):
     return VerifiersWorker(
         VerifiersSettings(
             "tiny_vf",
@@ -84,6 +84,8 @@ def worker(num_tasks=1, **args):
             max_turns=4,
             timeout_s=120.0,
             path=(str(TASKSETS),),
+            renderer_model=tokenizer.directory if tokenizer is not None else "",
+            tool_parser=parser,
         )
     )
 
@@ -99,13 +101,13 @@ def test_a_tool_taskset_trains_on_exactly_what_the_policy_sampled(tokenizer, par
     also reads a call's bare JSON as openrft's own episodes do."""
     engine = ScriptedEngine(tokenizer, call)
     proxy = proxy_for(tokenizer, engine)
-    vf = worker(num_tasks=1)
+    vf = worker(num_tasks=1, tokenizer=tokenizer, parser=parser)
     try:
         examples = task_examples(vf.tasks, "tiny_vf")
         assert [e.reference_answer for e in examples] == ["42"]
         assert examples[0].metadata[TASK_KEY] == 0
         assert "What is 20 + 22?" in examples[0].messages[-1]["content"]
-        groups = vf.run(proxy, examples, 2, 4, parser, tokenizer.directory)
+        groups = vf.run(proxy, examples, 2, 4)
     finally:
         vf.close()
         proxy.stop()
@@ -212,7 +214,7 @@ def test_failed_mismatched_and_missing_episodes_fail_and_are_never_rewarded():
         "",
     )
     assert unscored.finish_reason == "error" and "no reward" in unscored.error
-    missing = episode_of(None, {}, {}, "the episodes outlived their deadline (60 s)")
+    missing = episode_of(None, {}, {}, "the episodes outlived their deadline (60 s)", "timeout")
     assert missing.finish_reason == "timeout" and missing.outcome is None
     limited = episode_of(
         {"idx": 0, "ok": True, "errors": [], "traces": [trace]}, served, {"t": "max_turns"}, ""
@@ -253,15 +255,11 @@ def test_closing_a_busy_worker_stops_every_process_verifiers_started(tokenizer):
             return super().generate(prompts, params)
 
     proxy = proxy_for(tokenizer, Stuck(tokenizer))
-    vf = worker(num_tasks=1)
+    vf = worker(num_tasks=1, tokenizer=tokenizer)
     worker_pid = vf.process.pid
     examples = task_examples(vf.tasks, "tiny_vf")
     out = {}
-    running = threading.Thread(
-        target=lambda: out.update(
-            groups=vf.run(proxy, examples, 2, 4, "qwen3", tokenizer.directory)
-        )
-    )
+    running = threading.Thread(target=lambda: out.update(groups=vf.run(proxy, examples, 2, 4)))
     running.start()
 
     def verifiers_processes():
