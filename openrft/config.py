@@ -74,6 +74,7 @@ class RolloutConfig:
     dtype: Literal["model", "bfloat16"] = "model"  # sample from the policy, or a merged bf16 copy
     decoder: Literal["auto", "compact", "transformers"] = "auto"  # auto: compact for Llama/Qwen2
     probe_tolerance: float = 0.0  # largest mean |log-prob| gap of a sampling copy; 0 = by dtype
+    max_off_policy_steps: int = 0  # 0: synchronous; k: groups may come from weights k updates old
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,20 @@ class RewardConfig:
     grader: str | dict[str, Any] = "exact_label"  # built-in, x.py:fn, mod:fn, grader file, table
     error_score: float | None = None  # score given a failed grading; unset = leave it out
     timeout_s: float = 60.0  # wall-clock limit for grading one sample
-    batch_timeout_s: float = 3600.0  # wall-clock limit for grading one step's batch; 0 = none
+    batch_timeout_s: float = 3600.0  # wall-clock limit for grading one group's batch; 0 = none
+    pipeline: bool = True  # grade each group as soon as it is generated (false: after them all)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    backend: Literal["local", "ray"] = "local"  # local: this process, no Ray; ray: Ray actors
+    address: str = ""  # ray: "" starts a local Ray; "auto" or "host:port" joins a cluster
+    rollout_workers: int = 1  # ray: rollout engine actors, each with a copy of the weights
+    reward_workers: int = 4  # groups graded at once: threads (local) or grader actors (ray)
+    worker_cpus: float = 1.0  # ray: CPUs reserved for each rollout worker
+    worker_gpus: float = 0.0  # ray: GPUs reserved for each rollout worker
+    worker_timeout_s: float = 3600.0  # ray: a worker call running longer restarts the worker
+    max_worker_restarts: int = 3  # ray: restarts of a dead worker before the job fails
 
 
 @dataclass(frozen=True)
@@ -222,6 +236,7 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # Allowed ranges (inclusive) by dotted field name; checked after every load.
@@ -238,6 +253,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rollout.max_new_tokens": (1, 1_000_000),
     "rollout.batch_size": (1, 100_000),
     "rollout.probe_tolerance": (0.0, 100.0),
+    "rollout.max_off_policy_steps": (0, 1000),
     "vllm.gpu_memory_utilization": (0.01, 1.0),
     "vllm.max_model_len": (0, 10_000_000),
     "vllm.start_timeout_s": (1, 86_400),
@@ -289,6 +305,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "env.remote_retries": (0, 100),
     "env.openenv_max_sessions": (0, 100_000),
     "env.agent_port": (0, 65_535),
+    "cluster.rollout_workers": (1, 10_000),
+    "cluster.reward_workers": (1, 10_000),
+    "cluster.worker_cpus": (0.0, 1024.0),
+    "cluster.worker_gpus": (0.0, 64.0),
+    "cluster.worker_timeout_s": (1, 86_400 * 7),
+    "cluster.max_worker_restarts": (0, 1000),
 }
 
 
@@ -405,6 +427,15 @@ def validate(config: JobConfig) -> None:
         )
     if env.enabled and config.rollout.engine == "vllm" and config.rollout.stop:
         raise ConfigError("rollout.stop", "stop strings are not supported in episodes on vLLM")
+    cluster = config.cluster
+    if cluster.backend == "local" and cluster.address:
+        raise ConfigError("cluster.address", "joining a cluster needs cluster.backend = 'ray'")
+    if cluster.backend == "ray" and config.rollout.engine == "vllm":
+        raise ConfigError(
+            "cluster.backend",
+            "rollout.engine = 'vllm' already samples outside the trainer: with Ray, rollout "
+            "workers run the in-process engine ('hf')",
+        )
     if not config.checkpoint.best_metric:
         raise ConfigError("checkpoint.best_metric", "must name a metric, e.g. val/reward/mean")
 

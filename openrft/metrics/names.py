@@ -34,6 +34,16 @@ LR = "optim/lr"
 STEP_S = "time/step_s"
 ROLLOUT_S = "time/rollout_s"
 REWARD_S = "time/reward_s"
+REWARD_EXPOSED_S = "time/reward_exposed_s"  # grading time not hidden behind generation
+# Asynchronous off-policy rollouts (rollout.max_off_policy_steps > 0).
+OFF_POLICY_LAG_MEAN = "off_policy/lag_mean"  # updates between sampling and training weights
+OFF_POLICY_LAG_MAX = "off_policy/lag_max"
+OFF_POLICY_DROPPED = "off_policy/dropped_groups"  # groups older than the bound, left out
+# Workers on a Ray cluster (cluster.backend = "ray").
+CLUSTER_ROLLOUT_WORKERS = "cluster/rollout_workers"  # rollout actors alive at the step's end
+CLUSTER_REWARD_WORKERS = "cluster/reward_workers"  # grader actors alive at the step's end
+CLUSTER_RESTARTS = "cluster/worker_restarts"  # workers restarted this step (died or timed out)
+CLUSTER_SYNC_S = "time/weight_sync_s"  # sending the update to the rollout workers
 UPDATE_S = "time/update_s"
 TOKENS_PER_S = "throughput/completion_tokens_per_s"
 PEAK_RSS_GB = "memory/peak_rss_gb"

@@ -25,7 +25,7 @@ from typing import Any
 import jsonschema
 
 from openrft.rewards.exact_label import ExactLabelGrader
-from openrft.rewards.grader import Grader, clip_message, grade_safely
+from openrft.rewards.grader import Grader, clip_message, grade_safely, is_thread_safe
 from openrft.rewards.math_answer import MathAnswerGrader
 from openrft.rewards.python_function import PythonFunctionGrader
 from openrft.rewards.spec import SpecContext, check_fields, get_choice, get_field
@@ -63,6 +63,8 @@ def python_function_from_spec(spec: Mapping[str, Any], ctx: SpecContext) -> Grad
 class RegexGrader:
     """1.0 when the response matches `pattern` (searched anywhere, or the full response)."""
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     def __init__(self, name: str, pattern: re.Pattern[str], full: bool, negate: bool):
         self.name, self.pattern, self.full, self.negate = name, pattern, full, negate
 
@@ -95,6 +97,8 @@ def regex_from_spec(spec: Mapping[str, Any], ctx: SpecContext) -> Grader:
 class JsonGrader:
     """1.0 when the response (or its fenced ```json block) is valid JSON that conforms to the
     schema; components `valid_json` and `schema_ok` say which part failed."""
+
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
 
     def __init__(self, name: str, schema: dict[str, Any] | None):
         self.name = name
@@ -139,6 +143,8 @@ class LengthGrader:
     """Token efficiency: 1.0 at or under `target_tokens`, falling linearly to 0 at `max_tokens`.
     Counts generated tokens when known, else whitespace-separated words."""
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     def __init__(self, name: str, target_tokens: int, max_tokens: int):
         self.name, self.target, self.max = name, target_tokens, max_tokens
 
@@ -169,6 +175,7 @@ class WeightedGrader:
 
     def __init__(self, name: str, parts: list[tuple[str, float, Grader]]):
         self.name, self.parts = name, parts
+        self.thread_safe = all(is_thread_safe(grader) for _, _, grader in parts)
 
     def grade(self, samples: Sequence[Sample]) -> list[Grade]:
         started = time.perf_counter()

@@ -28,6 +28,8 @@ def normalize_label(text: str) -> str:
 class ExactLabelGrader:
     """Scores 1.0 when the normalised response equals any acceptable normalised reference."""
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     name = "exact_label"
 
     def grade(self, samples: Sequence[Sample]) -> list[Grade]:

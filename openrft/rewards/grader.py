@@ -109,6 +109,7 @@ class BatchTimeout:
     def __init__(self, grader: Grader, timeout_s: float):
         self.inner, self.timeout_s = grader, timeout_s
         self.name = str(getattr(grader, "name", type(grader).__name__))
+        self.thread_safe = is_thread_safe(grader)
 
     def grade(self, samples: Sequence[Sample]) -> list[Grade]:
         outcome: list[list[Grade]] = []
@@ -134,6 +135,13 @@ class BatchTimeout:
             )
             return [Grade.failed("timeout", message, latency) for _ in samples]
         return outcome[0]
+
+
+def is_thread_safe(grader: Grader) -> bool:
+    """Whether `grader.grade` may run in several threads at once: graders say so with a
+    `thread_safe` attribute. User code (a Python reward function, a sandboxed program's
+    harness) is not assumed to be: it is graded one batch at a time."""
+    return bool(getattr(grader, "thread_safe", False))
 
 
 def with_batch_timeout(grader: Grader, timeout_s: float) -> Grader:

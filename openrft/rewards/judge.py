@@ -110,6 +110,8 @@ class HTTPJudgeClient:
     is read from `api_key_env` per batch, so that checking a spec needs no secret.
     """
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     def __init__(
         self,
         base_url: str,
@@ -205,6 +207,8 @@ class LocalJudgeClient:
     HFEngine: all prompts of a batch decoded together, `batch_size` at a time, one at a time
     per grader (a lock). Greedy unless a temperature is set; token counts are exact."""
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     def __init__(self, model_name: str, batch_size: int = 8):
         # Imported here: transformers takes seconds to import, and most graders never need it.
         from openrft.data.render import encode_prompt
@@ -273,6 +277,7 @@ class JudgeGrader:
     ):
         self.name, self.client, self.params = name, client, params
         self.prompt, self.read, self.relative = prompt, read, relative
+        self.thread_safe = bool(getattr(client, "thread_safe", False))
 
     def grade(self, samples: Sequence[Sample]) -> list[Grade]:
         groups: dict[str, list[int]] = {}

@@ -161,6 +161,8 @@ class MathAnswerGrader:
     without a usable reference IS an error (invalid_output): no score would be honest.
     """
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     def __init__(
         self, name: str = "math_answer", symbolic: bool = True, symbolic_timeout_s: float = 5.0
     ):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from openrft.rewards.formula import FUNCTIONS, Expression, FormulaError, parse, point_at
-from openrft.rewards.grader import Grader, clip_message, grade_safely
+from openrft.rewards.grader import Grader, clip_message, grade_safely, is_thread_safe
 from openrft.rewards.similarity import METRICS, UNAVAILABLE
 from openrft.rewards.spec import SpecContext, check_fields, get_choice, get_field
 from openrft.rewards.templating import TemplateError, openai_sample, render, template_paths
@@ -126,6 +126,8 @@ class StringCheckGrader:
     newline makes `eq` fail. Components: {name: score}.
     """
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     def __init__(self, name: str, templates: Templates, operation: str):
         self.name, self.templates, self.operation = name, templates, operation
 
@@ -151,6 +153,8 @@ class TextSimilarityGrader:
 
     Components: {name: score}, plus "passed" (1.0 or 0.0) when a pass_threshold is set.
     """
+
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
 
     def __init__(self, name: str, templates: Templates, metric: str, threshold: float | None):
         self.name, self.templates, self.metric, self.threshold = name, templates, metric, threshold
@@ -194,6 +198,7 @@ class MultiGrader:
 
     def __init__(self, name: str, graders: dict[str, Grader], formula: Expression):
         self.name, self.graders, self.formula = name, graders, formula
+        self.thread_safe = all(is_thread_safe(grader) for grader in graders.values())
 
     def grade(self, samples: Sequence[Sample]) -> list[Grade]:
         if not samples:

@@ -69,6 +69,8 @@ class LambdaGrader:
     they are ignored with a logged warning (and named in the error of any missing sample).
     """
 
+    thread_safe = True  # grades from several threads at once (openrft.train.pipeline)
+
     def __init__(self, settings: LambdaSettings):
         self.settings = settings
         self.name = settings.name

@@ -6,7 +6,7 @@ after each update) slots in beside the transformers engine without changing the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -15,15 +15,23 @@ from torch import nn
 
 from openrft.types import Completion, FinishReason, SamplingParams
 
+# Called with a prompt's index and its finished group as soon as all its samples are done
+# (graders start on it while the rest generate); in the engine's thread, so it must be quick.
+OnGroup = Callable[[int, list[Completion]], None]
+
 
 class RolloutEngine(Protocol):
     policy_version: int  # the trainer's update count of the weights it samples from now
     description: str  # how it samples, for the job's log ("compact decoder, bf16", "vLLM at ...")
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        on_group: OnGroup | None = None,
     ) -> list[list[Completion]]:
-        """`params.n` completions for each prompt (token ids of the rendered chat prompt)."""
+        """`params.n` completions for each prompt (token ids of the rendered chat prompt);
+        each group is also handed to `on_group`, once, as soon as it is finished."""
         ...
 
     def sync_weights(self, policy: nn.Module, version: int) -> dict[str, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Literal
 
 import torch
@@ -24,7 +25,7 @@ from openrft.errors import WeightSyncError
 from openrft.fast import compact, kv_cache, shadow
 from openrft.fast.compact import CompactDecoder
 from openrft.fast.shadow import ShadowModel
-from openrft.rollout.engine import Decoder, completion_from_tokens
+from openrft.rollout.engine import Decoder, OnGroup, completion_from_tokens
 from openrft.rollout.episodes import Respond
 from openrft.rollout.hf_episodes import decode_episodes
 from openrft.rollout.probe import TrainerLogprobs, WeightSyncProbe
@@ -178,7 +179,10 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        on_group: OnGroup | None = None,
     ) -> list[list[Completion]]:
         generator = torch.Generator(device=self.decoder.device).manual_seed(params.seed)
         prompts_per_chunk = max(1, self.batch_size // params.n)
@@ -186,11 +190,16 @@ class HFEngine:
         with self.decoder.inference():
             for start in range(0, len(prompts), prompts_per_chunk):
                 chunk = prompts[start : start + prompts_per_chunk]
-                results.extend(self._generate_chunk(chunk, params, generator))
+                emit = None if on_group is None else partial(_shifted, on_group, start)
+                results.extend(self._generate_chunk(chunk, params, generator, emit))
         return results
 
     def _generate_chunk(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        generator: torch.Generator,
+        on_group: OnGroup | None = None,
     ) -> list[list[Completion]]:
         device = self.decoder.device
         logits_B_V, next_position_B = self.prefill_samples(prompts, params)
@@ -200,6 +209,25 @@ class HFEngine:
         logprobs: list[list[float]] | None = [[] for _ in range(total)] if params.logprobs else None
         finished: list[FinishReason | None] = [None] * total
         active = list(range(total))  # sequence index of each batch row
+        unfinished = [params.n] * len(prompts)  # samples of each prompt still decoding
+        groups: list[list[Completion] | None] = [None] * len(prompts)
+
+        def complete(prompt: int) -> None:
+            """Prompt `prompt`'s group is done: decode it, and hand it on at once."""
+            rows = range(prompt * params.n, (prompt + 1) * params.n)
+            groups[prompt] = [
+                completion_from_tokens(
+                    self.tokenizer,
+                    tokens[i],
+                    finished[i] or "length",
+                    params.stop,
+                    None if logprobs is None else logprobs[i],
+                )
+                for i in rows
+            ]
+            if on_group is not None:
+                on_group(prompt, groups[prompt])
+
         workspace = torch.empty(logits_B_V.numel(), dtype=torch.float32, device=device)
         for _ in range(params.max_new_tokens):
             next_B = sample_next_tokens(
@@ -215,6 +243,9 @@ class HFEngine:
                     logprobs[seq].append(chosen[row])
                 if token in self.end_token_ids or self._hit_stop_string(tokens[seq], params):
                     finished[seq] = "stop"
+                    unfinished[seq // params.n] -= 1
+                    if on_group is not None and unfinished[seq // params.n] == 0:
+                        complete(seq // params.n)
                 else:
                     keep_rows.append(row)
             if not keep_rows or len(tokens[active[keep_rows[0]]]) >= params.max_new_tokens:
@@ -227,17 +258,10 @@ class HFEngine:
             logits_B_V = self.decoder.step(next_B, next_position_B)
             next_position_B = next_position_B + 1
 
-        completions = [
-            completion_from_tokens(
-                self.tokenizer,
-                tokens[i],
-                finished[i] or "length",
-                params.stop,
-                None if logprobs is None else logprobs[i],
-            )
-            for i in range(total)
-        ]
-        return [completions[i : i + params.n] for i in range(0, total, params.n)]
+        for prompt, group in enumerate(groups):
+            if group is None:  # cut by max_new_tokens (or every sample stopped, no on_group)
+                complete(prompt)
+        return [group for group in groups if group is not None]
 
     def prefill_samples(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
@@ -258,6 +282,10 @@ class HFEngine:
         window = max(len(stop) for stop in params.stop) + 8
         tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
         return any(stop in tail for stop in params.stop)
+
+
+def _shifted(on_group: OnGroup, offset: int, index: int, group: list[Completion]) -> None:
+    on_group(offset + index, group)
 
 
 def _chosen_logprobs(logits_B_V: torch.Tensor, next_B: torch.Tensor) -> list[float]:

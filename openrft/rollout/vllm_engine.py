@@ -25,7 +25,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from openrft.errors import RolloutError, WeightSyncError
-from openrft.rollout.engine import completion_from_tokens
+from openrft.rollout.engine import OnGroup, completion_from_tokens
 from openrft.rollout.probe import TrainerLogprobs, WeightSyncProbe
 from openrft.rollout.vllm_server import VLLMServer, log_tail
 from openrft.types import Completion, SamplingParams
@@ -69,13 +69,27 @@ class VLLMEngine:
         self.description = f"vLLM at {server.url}"
 
     def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        on_group: OnGroup | None = None,
+    ) -> list[list[Completion]]:
+        """One request for every prompt (one seed, as the in-process engine): its groups are
+        handed to `on_group` when the request returns, so grading overlaps nothing here."""
+        groups = self._generate(prompts, params)
+        if on_group is not None:
+            for index, group in enumerate(groups):
+                on_group(index, group)
+        return groups
+
+    def _generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[list[Completion]]:
         if not prompts:
             return []
         if params.temperature == 0 and params.n > 1:
             # vLLM refuses n > 1 when greedy; the n greedy completions are one, repeated.
-            single = self.generate(prompts, replace(params, n=1))
+            single = self._generate(prompts, replace(params, n=1))
             return [group * params.n for group in single]
         body = {
             "model": self.served_name,

@@ -28,6 +28,7 @@ from openrft.train.engines import build_engine, sampling_params
 from openrft.train.episodes import EpisodeJob, episode_job
 from openrft.train.forward import RowForward, choose_forward
 from openrft.train.optim import build_optimizer
+from openrft.train.pipeline import grading_plan
 from openrft.train.policy import Policy, build_policy
 from openrft.train.rollouts import collect_batch, rollout_records
 from openrft.train.rows import compute_advantages, no_signal, training_rows
@@ -132,6 +133,7 @@ def run_steps(
                 cut_penalty=config.env.cut_penalty,
             ),
             episodes=episodes,
+            grading=grading_plan(config),
         )  # fmt: skip
         # 2. Advantages from the training rewards, by the configured estimator.
         advantages = compute_advantages(batch.groups, algo, error_score, max_tokens, config.env)

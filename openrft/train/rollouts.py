@@ -28,6 +28,7 @@ from openrft.train.episodes import (
     episode_sample,
     needs_grader,
 )
+from openrft.train.pipeline import PIPELINED, GradingPipeline, GradingPlan
 from openrft.types import Completion, Example, Grade, RolloutGroup, Sample, SamplingParams
 
 # The share of prompts that keep their group, assumed at least this when sizing the next
@@ -39,7 +40,8 @@ ROUND_SEED_STRIDE = 104_729  # a dynamic-sampling round's seed: the step's + str
 @dataclass(frozen=True)
 class Timing:
     rollout_s: float
-    reward_s: float
+    reward_s: float  # time some grading was running
+    reward_exposed_s: float = 0.0  # grading time after generation ended (not hidden behind it)
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,52 @@ def collect_groups(
     params: SamplingParams,
     grader: Grader,
     episodes: EpisodeJob | None = None,
+    grading: GradingPlan = PIPELINED,
 ) -> tuple[list[RolloutGroup], Timing]:
     """G completions per prompt from `engine` (or G episodes, with `episodes`), graded by
-    `grader` (failures typed, counted)."""
+    `grader` (failures typed, counted): each group as soon as it is generated where
+    `grading.pipelined` (openrft.train.pipeline), else all of them after generation."""
     started = time.monotonic()
-    if episodes is None:
-        completions = engine.generate(prompt_ids, params)
-    else:
+    if episodes is not None:
         completions = episodes.run(engine, examples, prompt_ids, params)
-    version = engine.policy_version
-    generated = time.monotonic()
-    samples = [
+        version, generated = engine.policy_version, time.monotonic()
+        samples = [s for e, group in zip(examples, completions, strict=True)
+                   for s in group_samples(e, group)]  # fmt: skip
+        grades = grade_samples(grader, samples, completions, episodes)
+        by_group, offset = [], 0
+        for group in completions:
+            by_group.append(grades[offset : offset + len(group)])
+            offset += len(group)
+        reward_s = time.monotonic() - generated
+        timing = Timing(generated - started, reward_s, reward_s)
+    else:
+        with GradingPipeline(grader, grading.workers) as pipeline:
+
+            def on_group(index: int, group: list[Completion]) -> None:
+                pipeline.submit(index, group_samples(examples[index], group))
+
+            completions = engine.generate(
+                prompt_ids, params, on_group=on_group if grading.pipelined else None
+            )
+            version, generated = engine.policy_version, time.monotonic()
+            pipeline.generation_done()
+            for index, group in enumerate(completions):  # those no one handed on
+                if not pipeline.submitted(index):
+                    on_group(index, group)
+            by_group, graded = pipeline.results(len(completions))
+        timing = Timing(generated - started, graded.busy_s, graded.exposed_s)
+    groups = [
+        RolloutGroup(example, tuple(ids), tuple(group), tuple(grades), version)
+        for example, ids, group, grades in zip(
+            examples, prompt_ids, completions, by_group, strict=True
+        )
+    ]
+    return groups, timing
+
+
+def group_samples(example: Example, group: Sequence[Completion]) -> list[Sample]:
+    """What the grader scores for each completion (or episode) of `example`'s group."""
+    return [
         Sample(
             id=f"{example.id}:{k}",
             messages=(*example.messages, {"role": "assistant", "content": c.text}),
@@ -88,20 +125,8 @@ def collect_groups(
         )
         if c.episode is None
         else episode_sample(example, k, c)
-        for example, group in zip(examples, completions, strict=True)
         for k, c in enumerate(group)
     ]
-    grades = grade_samples(grader, samples, completions, episodes)
-    groups, offset = [], 0
-    for example, ids, group in zip(examples, prompt_ids, completions, strict=True):
-        n = len(group)
-        groups.append(
-            RolloutGroup(
-                example, tuple(ids), tuple(group), tuple(grades[offset : offset + n]), version
-            )
-        )
-        offset += n
-    return groups, Timing(generated - started, time.monotonic() - generated)
 
 
 def grade_samples(
@@ -139,13 +164,14 @@ def collect_batch(
     max_rounds: int,
     flat: Callable[[Sequence[RolloutGroup]], list[bool]],
     episodes: EpisodeJob | None = None,
+    grading: GradingPlan = PIPELINED,
 ) -> RolloutBatch:
     """Sample rounds of groups until `size` of them carry signal, or `max_rounds` (1: no
     dynamic sampling, every group is kept). Round r samples with `params` reseeded (r = 0
     with `params` as given); `flat(groups)` says which groups carry no signal."""
     kept: list[int] = []  # indices into `sampled` of groups with signal
     sampled: list[RolloutGroup] = []
-    rollout_s = reward_s = 0.0
+    rollout_s = reward_s = exposed_s = 0.0
     rounds = used = dropped = 0
     while rounds < max_rounds and len(kept) < size:
         missing = size - len(kept)
@@ -154,9 +180,10 @@ def collect_batch(
         examples, prompt_ids = prompts.take(used, count)
         round_params = replace(params, seed=params.seed + ROUND_SEED_STRIDE * rounds)
         groups, timing = collect_groups(
-            engine, examples, prompt_ids, round_params, grader, episodes
+            engine, examples, prompt_ids, round_params, grader, episodes, grading
         )
         rollout_s, reward_s = rollout_s + timing.rollout_s, reward_s + timing.reward_s
+        exposed_s += timing.reward_exposed_s
         no_signal = flat(groups) if max_rounds > 1 else [False] * len(groups)
         kept += [len(sampled) + i for i, empty in enumerate(no_signal) if not empty]
         dropped += sum(no_signal)
@@ -169,7 +196,7 @@ def collect_batch(
         dropped=dropped,
         rounds=rounds,
         prompts_used=used,
-        timing=Timing(rollout_s, reward_s),
+        timing=Timing(rollout_s, reward_s, exposed_s),
         dynamic=max_rounds > 1,
     )
 

@@ -46,6 +46,7 @@ def step_record(
         names.STEP_S: step_s,
         names.ROLLOUT_S: batch.timing.rollout_s,
         names.REWARD_S: batch.timing.reward_s,
+        names.REWARD_EXPOSED_S: batch.timing.reward_exposed_s,
         names.UPDATE_S: update_s,
         names.TOKENS_PER_S: generated / step_s,
         names.PEAK_RSS_GB: peak_rss_gb(),

@@ -37,6 +37,7 @@ from openrft.rollout.engine import RolloutEngine
 from openrft.train.data_setup import JobData
 from openrft.train.engines import sampling_params
 from openrft.train.episodes import EpisodeJob
+from openrft.train.pipeline import PIPELINED, GradingPlan, grading_plan
 from openrft.train.rollouts import (
     collect_groups,
     completion_metrics,
@@ -114,12 +115,13 @@ def evaluate(
     grader: Grader,
     success_threshold: float = 1.0,
     episodes: EpisodeJob | None = None,
+    grading: GradingPlan = PIPELINED,
 ) -> EvalResult:
     """Sample `params.n` completions (episodes, with `episodes`) per prompt, grade them, and
     summarise: pass@k counts completions or whole episodes alike."""
     if not examples:
         raise ValueError("evaluate needs at least one prompt")
-    groups, _ = collect_groups(engine, examples, prompt_ids, params, grader, episodes)
+    groups, _ = collect_groups(engine, examples, prompt_ids, params, grader, episodes, grading)
     return result_from_groups(groups, params, success_threshold)
 
 
@@ -370,7 +372,7 @@ def validate(
     prompt_ids = [data.prompt_ids[e.id] for e in data.validation]
     result = evaluate(
         engine, data.validation, prompt_ids, params, grader, config.eval.success_threshold,
-        episodes,
+        episodes, grading_plan(config),
     )  # fmt: skip
     return result.log_metrics("val")
 
