@@ -33,6 +33,7 @@ GradeErrorKind = Literal[
     "invalid_output",  # NaN, inf, a non-number, a missing or extra id
     "judge_refusal",  # an LLM judge refused to score
     "server_error",  # a remote grader answered with an HTTP error
+    "worker_died",  # the grader's worker process died (killed, out of memory), retried once
 ]
 GRADE_ERROR_KINDS: tuple[str, ...] = GradeErrorKind.__args__  # type: ignore[attr-defined]
 

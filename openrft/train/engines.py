@@ -98,4 +98,6 @@ def sampling_params(config: JobConfig, seed: int) -> SamplingParams:
         max_new_tokens=rollout.max_new_tokens,
         stop=rollout.stop,
         seed=seed,
+        # Sampled ahead by older weights: the update corrects by the sampler's log-probs.
+        logprobs=rollout.max_off_policy_steps > 0,
     )

@@ -6,19 +6,23 @@ weights, log. Validation, checkpoints, resume and the report are the run scaffol
     summary = train(load_config("recipes/sst2-smollm2.toml"), Path("runs/demo"))
 
 Every step seeds its own RNGs from (seed, step), so a run resumed from a checkpoint
-produces the same steps as one that was never interrupted.
+produces the same steps as one that was never interrupted (sampling ahead, with
+rollout.max_off_policy_steps > 0, aside: openrft.train.off_policy). Graders and rollout
+engines run here or, with cluster.backend = "ray", as Ray actors (openrft.train.ray_workers).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from openrft.config import JobConfig
+from openrft.errors import ConfigError
 from openrft.rewards import Grader, build_grader
 from openrft.rewards.grader import with_batch_timeout
 from openrft.rollout.engine import RolloutEngine
@@ -27,10 +31,12 @@ from openrft.train.data_setup import JobData, PromptStream, load_job_data, total
 from openrft.train.engines import build_engine, sampling_params
 from openrft.train.episodes import EpisodeJob, episode_job
 from openrft.train.forward import RowForward, choose_forward
+from openrft.train.off_policy import RolloutSource
 from openrft.train.optim import build_optimizer
 from openrft.train.pipeline import grading_plan
 from openrft.train.policy import Policy, build_policy
-from openrft.train.rollouts import collect_batch, rollout_records
+from openrft.train.ray_workers import RayGraderPool, RayRolloutPool, cluster_metrics, connect
+from openrft.train.rollouts import RolloutBatch, collect_batch, rollout_records
 from openrft.train.rows import compute_advantages, no_signal, training_rows
 from openrft.train.run import RL, Run, RunSummary, StopRequest
 from openrft.train.step_metrics import step_record
@@ -58,22 +64,42 @@ def train(
     )
     run.status("data_processing", f"validating {config.data.train_file}")
     data = load_job_data(config, policy.tokenizer, episodes)
-    grader = with_batch_timeout(
-        build_grader(config.reward.grader, config.reward.timeout_s), config.reward.batch_timeout_s
-    )
     probe_ids = data.prompt_ids[data.train[0].id]
     fast = config.train.fast_paths == "auto"
     forward, how = choose_forward(
         policy.causal_lm(), fast, probe_ids, config.algo.logprob_chunk_tokens
     )
-    # The engine may be a vLLM server this job started: it is stopped however the job ends.
-    try:
-        engine = build_engine(config, policy, probe_ids, run_dir)
-    except BaseException:
+    # Workers (a vLLM server, Ray actors, tool processes) are stopped however the job ends.
+    with ExitStack() as workers:
         if episodes is not None:
-            episodes.close()
-        raise
-    try:
+            workers.callback(episodes.close)
+        ray = None
+        if config.cluster.backend == "ray":
+            ray, started = connect(config.cluster)
+            if started:
+                workers.callback(ray.shutdown)
+        if ray is None:
+            grader: Grader = with_batch_timeout(
+                build_grader(config.reward.grader, config.reward.timeout_s),
+                config.reward.batch_timeout_s,
+            )
+        else:
+            run.status("loading", f"starting {config.cluster.reward_workers} grader workers")
+            grader = RayGraderPool(config, ray)
+            workers.callback(grader.close)
+        if ray is not None and episodes is None:
+            run.status("loading", f"starting {config.cluster.rollout_workers} rollout workers")
+            engine: RolloutEngine = RayRolloutPool(config, policy, probe_ids, ray)
+        else:
+            engine = build_engine(config, policy, probe_ids, run_dir)
+        workers.callback(engine.close)
+        if config.rollout.max_off_policy_steps and not samples_from_a_copy(engine):
+            raise ConfigError(
+                "rollout.max_off_policy_steps",
+                f"sampling ahead needs an engine with its own copy of the weights, not "
+                f"{engine.description}: the compact decoder, rollout.dtype = 'bfloat16', "
+                "vLLM, or Ray rollout workers",
+            )
         run.notes["fast_paths"] = f"update: {how}; rollouts: {engine.description}"
         print(f"openrft: {run.notes['fast_paths']}", file=sys.stderr, flush=True)
         if episodes is not None:  # what answers the turns (external agents: where to connect)
@@ -81,10 +107,6 @@ def train(
             episodes.announce(run_dir)
             print(f"openrft: episodes: {run.notes['episodes']}", file=sys.stderr, flush=True)
         return run_steps(run, policy, data, grader, engine, forward, episodes)
-    finally:
-        engine.close()
-        if episodes is not None:
-            episodes.close()
 
 
 def run_steps(
@@ -116,47 +138,80 @@ def run_steps(
             start |= step_zero_baseline(engine, data, config, grader, run.run_dir, episodes)
         run.log_start(start)
 
-    for step in run.steps():
-        started = time.monotonic()
-        seed = config.train.seed * 1_000_003 + step
-        torch.manual_seed(seed)
-        # 1. Roll out and grade (with dynamic sampling, until enough groups carry signal).
-        batch = collect_batch(
-            engine,
-            grader,
-            PromptStream(data, config, run.position.prompts_seen),
-            sampling_params(config, seed),
-            size=config.train.prompts_per_step,
-            max_rounds=algo.dynamic_sampling_max_rounds if algo.dynamic_sampling else 1,
-            flat=partial(
-                no_signal, algo=algo, error_score=error_score, max_tokens=max_tokens,
-                cut_penalty=config.env.cut_penalty,
-            ),
-            episodes=episodes,
-            grading=grading_plan(config),
-        )  # fmt: skip
-        # 2. Advantages from the training rewards, by the configured estimator.
-        advantages = compute_advantages(batch.groups, algo, error_score, max_tokens, config.env)
-        # 3. Training rows: tokens, loss masks (environment tokens 0), per-token advantages.
-        rows = training_rows(batch.groups, advantages, algo.mask_truncated, config.env.mask_cut)
-        # 4. The policy update, then the sampler's copy of the weights.
-        update_started = time.monotonic()
-        stats = update_policy(
-            policy, rows, optimizer, scheduler, algo, config.train, max_tokens, forward
-        )
-        update_s = time.monotonic() - update_started
-        sync = engine.sync_weights(policy.model, step)
+    # Each step's rollouts: sampled when the step starts, or with rollout.max_off_policy_steps
+    # = k > 0 sampled ahead in the background by weights up to k updates old.
+    sample = partial(sample_batch, engine, grader, data, config, episodes)
+    first, seen = run.position.step + 1, run.position.prompts_seen
+    with RolloutSource(sample, first, steps, seen, config.rollout.max_off_policy_steps) as rollouts:
+        for step in run.steps():
+            started = time.monotonic()
+            torch.manual_seed(step_seed(config, step))
+            # 1. Rollouts, graded (with dynamic sampling, until enough groups carry signal).
+            batch, off_policy = rollouts.take(step)
+            # 2. Advantages from the training rewards, by the configured estimator.
+            advantages = compute_advantages(batch.groups, algo, error_score, max_tokens, config.env)
+            # 3. Training rows: tokens, loss masks (environment tokens 0), per-token advantages.
+            rows = training_rows(batch.groups, advantages, algo.mask_truncated, config.env.mask_cut)
+            # 4. The policy update, then the sampler's copy of the weights.
+            update_started = time.monotonic()
+            stats = update_policy(
+                policy, rows, optimizer, scheduler, algo, config.train, max_tokens, forward
+            )
+            update_s = time.monotonic() - update_started
+            with rollouts.engine_lock:
+                sync = engine.sync_weights(policy.model, step)
+            rollouts.synced_update(step)
 
-        prompts_seen = run.position.prompts_seen + batch.prompts_used
-        record = step_record(
-            step, prompts_seen / len(data.train), batch, advantages, stats, scheduler, sync,
-            step_s=time.monotonic() - started, update_s=update_s,
-        )  # fmt: skip
-        if run.validates(step):
-            record |= validate(engine, data, config, grader, step=step, episodes=episodes)
-        trained_advantages = [advantages.of_group(p) for p in range(len(batch.groups))]
-        run.end_step(
-            step, record, prompts_seen, policy, optimizer, scheduler,
-            rollout_records(batch, step, trained_advantages),
-        )  # fmt: skip
+            prompts_seen = run.position.prompts_seen + batch.prompts_used
+            record = step_record(
+                step, prompts_seen / len(data.train), batch, advantages, stats, scheduler, sync,
+                step_s=time.monotonic() - started, update_s=update_s,
+            ) | off_policy | cluster_metrics(engine, grader)  # fmt: skip
+            if run.validates(step):
+                with rollouts.engine_lock:
+                    record |= validate(engine, data, config, grader, step=step, episodes=episodes)
+            trained_advantages = [advantages.of_group(p) for p in range(len(batch.groups))]
+            run.end_step(
+                step, record, prompts_seen, policy, optimizer, scheduler,
+                rollout_records(batch, step, trained_advantages),
+            )  # fmt: skip
     return run.finish(policy)
+
+
+def samples_from_a_copy(engine: RolloutEngine) -> bool:
+    """Whether the engine samples from weights of its own (which the update does not touch
+    until the next sync): every engine but the in-process one on the trainer's model."""
+    decoder = getattr(engine, "decoder", None)
+    return decoder is None or decoder.holds_copy
+
+
+def step_seed(config: JobConfig, step: int) -> int:
+    return config.train.seed * 1_000_003 + step
+
+
+def sample_batch(
+    engine: RolloutEngine,
+    grader: Grader,
+    data: JobData,
+    config: JobConfig,
+    episodes: EpisodeJob | None,
+    step: int,
+    prompts_seen: int,
+) -> RolloutBatch:
+    """Step `step`'s rollouts, graded: prompts from `prompts_seen` on in the data stream,
+    sampled with the step's seed (so a resumed run samples as an uninterrupted one)."""
+    algo = config.algo
+    return collect_batch(
+        engine,
+        grader,
+        PromptStream(data, config, prompts_seen),
+        sampling_params(config, step_seed(config, step)),
+        size=config.train.prompts_per_step,
+        max_rounds=algo.dynamic_sampling_max_rounds if algo.dynamic_sampling else 1,
+        flat=partial(
+            no_signal, algo=algo, error_score=config.reward.error_score,
+            max_tokens=config.rollout.max_new_tokens, cut_penalty=config.env.cut_penalty,
+        ),
+        episodes=episodes,
+        grading=grading_plan(config),
+    )  # fmt: skip
