@@ -6,6 +6,11 @@ optimizer step. Metrics come back as `UpdateStats`.
 Rows (`openrft.types.TrainRow`) carry per-token loss masks and advantages, so a single-turn
 completion and a multi-turn episode go through the same code: only tokens the policy sampled
 count in the loss, the KL, the entropy and the normalisers.
+
+With a `DataParallel` group (openrft.train.data_parallel) every rank passes the same rows and
+runs the forward and backward of its own shard of each mini-batch only; the normalisers come
+from the whole mini-batch, gradients and metric sums are summed over the ranks, so every rank
+takes the step one process would.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +34,9 @@ from openrft.config import AlgoConfig, TrainConfig
 from openrft.train.forward import RowForward, RowLogprobs
 from openrft.train.policy import Policy
 from openrft.types import TrainRow
+
+if TYPE_CHECKING:  # data_parallel imports this module (its follower loop calls update_policy)
+    from openrft.train.data_parallel import DataParallel
 
 
 @dataclass(frozen=True)
@@ -72,9 +81,12 @@ def update_policy(
     train: TrainConfig,
     max_completion_tokens: int,
     forward: RowForward,
+    *,
+    data_parallel: DataParallel | None = None,
 ) -> UpdateStats:
     """One RL step's optimisation: `algo.update_epochs` passes over `rows`, each split into
-    `train.mini_batches` optimizer steps, each accumulated over micro-batches."""
+    `train.mini_batches` optimizer steps, each accumulated over micro-batches. With
+    `data_parallel`, every rank passes the same `rows` and gets the same weights and stats."""
     policy_loss_fn = lookup(POLICY_LOSSES, algo.policy_loss, "policy loss")
     kl_fn = lookup(KL_ESTIMATORS, algo.kl_estimator, "KL estimator")
     # With no KL or entropy term, a row whose advantages are all 0 contributes exactly zero
@@ -82,22 +94,31 @@ def update_policy(
     needs_forward = algo.kl_coef != 0 or algo.entropy_coef != 0
     chunk = algo.logprob_chunk_tokens
     reuse_old = algo.update_epochs == 1 and train.mini_batches == 1  # ratio is exactly 1
+    minis = _split(list(range(len(rows))), train.mini_batches)
+    forward_minis = [
+        [i for i in mini if needs_forward or any(rows[i].advantages)] for mini in minis
+    ]
+    scored = list(range(len(rows)))
+    own_minis = forward_minis
+    if data_parallel is not None:  # this rank's shard of each mini-batch, and nothing else
+        own_minis = [data_parallel.shard(forward_rows) for forward_rows in forward_minis]
+        scored = sorted({i for own in own_minis for i in own})
     model = policy.causal_lm()
-    old = {} if reuse_old else _logprobs_no_grad(forward, model, rows, train, chunk)
+    old = {} if reuse_old else _logprobs_no_grad(forward, model, rows, scored, train, chunk)
     reference = {}
     if algo.kl_coef > 0:
         with policy.reference() as reference_model:
-            reference = _logprobs_no_grad(forward, reference_model, rows, train, chunk)
+            reference = _logprobs_no_grad(forward, reference_model, rows, scored, train, chunk)
 
     sums, grad_norms, trained = _Sums(), [], 0
     params = policy.trainable_parameters()
     for _ in range(algo.update_epochs):
-        for mini in _split(list(range(len(rows))), train.mini_batches):
+        for mini, forward_rows, own in zip(minis, forward_minis, own_minis, strict=True):
+            # Whole-mini-batch counts on every rank: the ranks' gradients add up to one's.
             total_tokens = sum(sum(rows[i].loss_mask) for i in mini)
-            forward_rows = [i for i in mini if needs_forward or any(rows[i].advantages)]
             optimizer.zero_grad(set_to_none=True)
-            for start in range(0, len(forward_rows), train.micro_batch_size):
-                micro = forward_rows[start : start + train.micro_batch_size]
+            for start in range(0, len(own), train.micro_batch_size):
+                micro = own[start : start + train.micro_batch_size]
                 batch = [rows[i] for i in micro]
                 out = forward(model, batch, chunk, True)
                 mask_B_T = out.mask_B_T
@@ -133,12 +154,17 @@ def update_policy(
                 _add_token_sums(sums, out, clipped_B_T)
                 trained += len(micro)
             if forward_rows:  # a mini-batch without signal leaves the weights and Adam alone
+                if data_parallel is not None:  # before clipping: the norm is the whole batch's
+                    data_parallel.all_reduce_gradients(params)
                 limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, limit)))
                 optimizer.step()
             with warnings.catch_warnings():  # the schedule follows RL steps, stepped or not
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 scheduler.step()
+    if data_parallel is not None:  # every rank reports the whole batch's metrics
+        *totals, trained = data_parallel.all_reduce_sums([*astuple(sums), trained])
+        sums, trained = _Sums(*totals), round(trained)
     return _stats(sums, grad_norms, trained, rows, algo, train)
 
 
@@ -223,13 +249,15 @@ def _logprobs_no_grad(
     forward: RowForward,
     model: torch.nn.Module,
     rows: Sequence[TrainRow],
+    scored: list[int],
     train: TrainConfig,
     chunk: int,
 ) -> dict[int, torch.Tensor]:
-    """Per-row log-probs (1-D, response length) before any update, keyed by row index."""
+    """Log-probs (1-D, response length) of the rows `scored` names before any update, keyed
+    by row index."""
     result = {}
-    for start in range(0, len(rows), train.micro_batch_size):
-        indices = list(range(start, min(start + train.micro_batch_size, len(rows))))
+    for start in range(0, len(scored), train.micro_batch_size):
+        indices = scored[start : start + train.micro_batch_size]
         out = forward(model, [rows[i] for i in indices], chunk, False)
         for b, i in enumerate(indices):
             result[i] = out.logprobs_B_T[b, : len(rows[i].loss_mask)]
