@@ -10,6 +10,7 @@ openrft config [CONFIG] [--set ...]      print the resolved config with every fi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     config = load_config(args.config, overrides)
     run_dir = Path(args.output) if args.output else default_run_dir(config.output_dir, config.name)
-    if (run_dir / "metrics.jsonl").exists():
+    follower = int(os.environ.get("RANK", "0")) > 0  # torchrun's other ranks write nothing
+    if (run_dir / "metrics.jsonl").exists() and not follower:
         print(
             f"openrft: error: {run_dir} already holds a run; "
             f"use --resume {run_dir} or another --output",
@@ -140,6 +142,8 @@ def _run(config, run_dir: Path, resume: bool, progress: bool) -> int:
     gain = ""
     if summary.val_before is not None and summary.val_after is not None:
         gain = f" ({summary.val_after - summary.val_before:+.3f})"
+    if summary.status == "follower":  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     if summary.status == "stopped":
         print(
             f"\nstopped after step {summary.steps}; resume with: openrft train --resume {run_dir}"

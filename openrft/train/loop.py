@@ -27,6 +27,14 @@ from openrft.rewards import Grader, build_grader
 from openrft.rewards.grader import with_batch_timeout
 from openrft.rollout.engine import RolloutEngine
 from openrft.rollout.hf_engine import end_of_turn_ids
+from openrft.train.checkpoint import list_checkpoints
+from openrft.train.data_parallel import (
+    DataParallel,
+    init_data_parallel,
+    lead_update,
+    stop_followers,
+)
+from openrft.train.data_parallel_job import follow_job, share_setup
 from openrft.train.data_setup import JobData, PromptStream, load_job_data, total_steps
 from openrft.train.engines import build_engine, sampling_params
 from openrft.train.episodes import EpisodeJob, episode_job
@@ -34,7 +42,7 @@ from openrft.train.forward import RowForward, choose_forward
 from openrft.train.off_policy import RolloutSource
 from openrft.train.optim import build_optimizer
 from openrft.train.pipeline import grading_plan
-from openrft.train.policy import Policy, build_policy
+from openrft.train.policy import Policy, build_policy, resolve_device
 from openrft.train.ray_workers import RayGraderPool, RayRolloutPool, cluster_metrics, connect
 from openrft.train.rollouts import RolloutBatch, collect_batch, rollout_records
 from openrft.train.rows import compute_advantages, no_signal, training_rows
@@ -54,7 +62,14 @@ def train(
     stop: StopRequest | None = None,
 ) -> RunSummary:
     """Run (or resume) a job. When `stop` is set, the current step finishes, a checkpoint is
-    written, and the run returns with status "stopped" (resume it later)."""
+    written, and the run returns with status "stopped" (resume it later). Under torchrun
+    (several ranks) rank 0 runs the job and the others share its updates."""
+    data_parallel = init_data_parallel(resolve_device(config.model.device))
+    if data_parallel is not None and not data_parallel.is_lead:
+        started = time.monotonic()
+        updates = follow_job(config, data_parallel)
+        wall_s = time.monotonic() - started
+        return RunSummary(None, None, updates, wall_s, str(run_dir), "", status="follower")
     run = Run(config, run_dir, RL, resume, show_progress, stop)
     run.status("loading", f"loading {config.model.name}")
     policy = build_policy(config)
@@ -106,7 +121,10 @@ def train(
             run.notes["episodes"] = episodes.describe()
             episodes.announce(run_dir)
             print(f"openrft: episodes: {run.notes['episodes']}", file=sys.stderr, flush=True)
-        return run_steps(run, policy, data, grader, engine, forward, episodes)
+        summary = run_steps(run, policy, data, grader, engine, forward, episodes, data_parallel)
+    if data_parallel is not None:
+        data_parallel.close()
+    return summary
 
 
 def run_steps(
@@ -117,9 +135,10 @@ def run_steps(
     engine: RolloutEngine,
     forward: RowForward,
     episodes: EpisodeJob | None = None,
+    data_parallel: DataParallel | None = None,
 ) -> RunSummary:
     """The steps of `train` once its policy, data, grader, engine and forward exist
-    (and, for a multi-turn job, its episodes)."""
+    (and, for a multi-turn job, its episodes; for a data-parallel group, the group)."""
     config, algo = run.config, run.config.algo
     max_tokens, error_score = config.rollout.max_new_tokens, config.reward.error_score
     steps = total_steps(config, len(data.train))
@@ -129,6 +148,11 @@ def run_steps(
         steps * algo.update_epochs * config.train.mini_batches,
     )
     run.restore(policy, optimizer, scheduler, steps)
+    update = update_policy
+    if data_parallel is not None:  # the other ranks update on their shards of each batch
+        checkpoint = list_checkpoints(run.run_dir)[-1] if run.position.step else None
+        share_setup(data_parallel, policy, steps, forward, checkpoint)
+        update = partial(lead_update, data_parallel=data_parallel)
     engine.sync_weights(policy.model, run.position.step)  # a copy holds the pre-restore weights
     if run.position.step == 0:
         run.status("validation", "validating the starting model")
@@ -154,7 +178,7 @@ def run_steps(
             rows = training_rows(batch.groups, advantages, algo.mask_truncated, config.env.mask_cut)
             # 4. The policy update, then the sampler's copy of the weights.
             update_started = time.monotonic()
-            stats = update_policy(
+            stats = update(
                 policy, rows, optimizer, scheduler, algo, config.train, max_tokens, forward
             )
             update_s = time.monotonic() - update_started
@@ -175,6 +199,8 @@ def run_steps(
                 step, record, prompts_seen, policy, optimizer, scheduler,
                 rollout_records(batch, step, trained_advantages),
             )  # fmt: skip
+    if data_parallel is not None:
+        stop_followers(data_parallel)
     return run.finish(policy)
 
 

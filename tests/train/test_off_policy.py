@@ -89,9 +89,11 @@ def test_a_failing_sampler_fails_the_step_that_waits_for_it():
     def broken(step, seen):
         raise RuntimeError("engine crashed")
 
-    with RolloutSource(broken, 1, 3, 0, max_lag=1) as source:
-        with pytest.raises(RuntimeError, match="engine crashed"):
-            source.take(1)
+    with (
+        RolloutSource(broken, 1, 3, 0, max_lag=1) as source,
+        pytest.raises(RuntimeError, match="engine crashed"),
+    ):
+        source.take(1)
 
 
 def metrics_of(run_dir):
