@@ -28,13 +28,13 @@ from tests.train.helpers import tiny_job  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SLOW_GRADER = '''
+SLOW_GRADER = """
 import time
 
 def reward(response, item):
     time.sleep({"hang": 3600, "slow": 1}.get(item.get("reference_answer"), 0))
     return float(len(response))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
