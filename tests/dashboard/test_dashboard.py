@@ -125,10 +125,8 @@ class Service:
             time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_model_dir) -> Iterator[Service]:
-    root = tmp_path_factory.mktemp("dashboard")
-    app = app_module.create_app(root / "data", concurrency=3, poll_s=0.2)
+def start_server(app: Any) -> tuple[str, Any, threading.Thread]:
+    """`app` served by uvicorn on a free loopback port: its URL, the server, its thread."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     app.state.server = server  # lets server-sent event streams end on shutdown
@@ -138,7 +136,15 @@ def service(tmp_path_factory, tiny_model_dir) -> Iterator[Service]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    svc = Service(f"http://127.0.0.1:{port}", app.state.token)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_model_dir) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("dashboard")
+    app = app_module.create_app(root / "data", concurrency=3, poll_s=0.2)
+    url, server, thread = start_server(app)
+    svc = Service(url, app.state.token)
     svc.create("short", job_config(root / "short", tiny_model_dir, SHORT_STEPS), "letters-short")
     svc.create("xss", job_config(root / "xss", tiny_model_dir, 2, f" {XSS}"), f"xss {XSS}")
     svc.create("long", job_config(root / "long", tiny_model_dir, 5000), "letters-long")
