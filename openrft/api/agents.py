@@ -48,7 +48,7 @@ async def forward(request: Request, job_id: str, path: str) -> Response:
     headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
     taking = path == "rollouts" and request.method == "POST"
     if taking:
-        require_token(request)  # handing out work is the server's owner's call
+        await require_token(request)  # handing out work is the server's owner's call
         headers.pop("authorization", None)
     client = httpx.AsyncClient(timeout=None)
     upstream = await client.send(

@@ -1,5 +1,6 @@
 """The job service's FastAPI app: native (`/api`), Bedrock-compatible
-(`/model-customization-jobs`) and OpenAI-compatible (`/v1`) routers behind one bearer token,
+(`/model-customization-jobs`, `/custom-models`) and OpenAI-compatible (`/v1`) routers behind
+one bearer token (or a SigV4 signature made with it, for AWS SDKs),
 `GET /health` without it, and the dashboard at `/` when `openrft.dashboard` is installed.
 
     app = create_app(Path("~/.openrft").expanduser(), concurrency=1)
@@ -19,9 +20,10 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from openrft.api import agents, bedrock, native, openai_compat
+from openrft.api import agents, bedrock, bedrock_models, native, openai_compat
 from openrft.api.auth import ensure_token, require_token
 from openrft.api.errors import install_error_handlers
+from openrft.api.sigv4 import DEFAULT_ACCESS_KEY_ID
 from openrft.jobs.service import DataDir, JobService
 
 log = logging.getLogger("openrft.api")
@@ -32,9 +34,11 @@ def create_app(
     concurrency: int = 1,
     start_runner: bool = True,
     poll_s: float = 0.5,
+    aws_access_key_id: str = DEFAULT_ACCESS_KEY_ID,
 ) -> FastAPI:
     """The app over DATA_DIR (created if need be). With `start_runner=False` jobs are stored
-    and answered for but never started (for tools and tests of the API alone)."""
+    and answered for but never started (for tools and tests of the API alone). AWS SDKs sign
+    with `aws_access_key_id` and the token as the secret access key (docs/aws.md)."""
     layout = DataDir(Path(data_dir).expanduser().resolve())
     service = JobService(layout, concurrency, poll_s)
 
@@ -61,6 +65,7 @@ def create_app(
     )
     app.state.service = service
     app.state.token = ensure_token(layout.token)
+    app.state.aws_access_key_id = aws_access_key_id
     install_error_handlers(app)
 
     @app.get("/health", tags=["native"])
@@ -68,7 +73,7 @@ def create_app(
         return {"status": "ok"}
 
     auth = [Depends(require_token)]
-    for module in (native, bedrock, openai_compat):
+    for module in (native, bedrock, bedrock_models, openai_compat):
         app.include_router(module.router, dependencies=auth)
     # External agents: authorized by their rollout ids (taking one needs the token).
     app.include_router(agents.router)

@@ -1,7 +1,9 @@
 """Bearer-token auth: one token per data directory, generated on first start into
 DATA_DIR/token (mode 600). Every route except GET /health needs `Authorization: Bearer TOKEN`;
 GET requests may pass `?token=TOKEN` instead, for what a browser loads without headers
-(EventSource streams, images and report links on the dashboard).
+(EventSource streams, images and report links on the dashboard). AWS SDKs may sign with
+SigV4 instead (openrft.api.sigv4): access key id `app.state.aws_access_key_id`, the token as
+the secret access key.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from fastapi import Request
 
+from openrft.api import sigv4
 from openrft.jobs.model import JobError
 
 
@@ -38,10 +41,14 @@ def ensure_token(path: Path) -> str:
     return token
 
 
-def require_token(request: Request) -> None:
-    """FastAPI dependency: 401 unless the request carries the server's token."""
+async def require_token(request: Request) -> None:
+    """FastAPI dependency: 401 unless the request carries the server's token (or, for AWS
+    SDKs, a SigV4 signature made with it: 403 with AWS's error code if that is wrong)."""
     expected: str = request.app.state.token
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme == sigv4.ALGORITHM:
+        await sigv4.verify(request, request.app.state.aws_access_key_id, expected)
+        return
     given = value.strip() if scheme.lower() == "bearer" else ""
     if not given and request.method == "GET":
         given = request.query_params.get("token", "")

@@ -1,79 +1,148 @@
-"""The Bedrock-compatible API: Create/Get/List/StopModelCustomizationJob for
-`customizationType = REINFORCEMENT_FINE_TUNING`, in Bedrock's shapes (docs/api.md).
+"""The Bedrock-compatible API for jobs: Create/Get/List/StopModelCustomizationJob for
+`customizationType = REINFORCEMENT_FINE_TUNING`, at the paths and in the shapes of botocore's
+`bedrock` service model, so boto3 and the AWS CLI work unchanged (docs/aws.md, docs/api.md).
+The custom models that jobs make: openrft.api.bedrock_models.
 
 Data locations (`s3Uri`) are `file-<id>` uploads or server paths; `lambdaArn` is an http(s)
 URL of a Lambda-contract endpoint or a local grader reference. `hyperParameters` keep
 Bedrock's names and ranges (openrft.config_parse.BEDROCK_ALIASES). An `openrftConfig` object
-(openrft's own config as JSON) may add the settings Bedrock has no name for.
+(openrft's own config as JSON) may add the settings Bedrock has no name for. What openrft
+cannot honour (reasoningEffort, distillation, invocation logs, several validators) is refused
+with a ValidationException naming the field, never dropped.
 """
 
 from __future__ import annotations
 
 import copy
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 
-from openrft.api.views import iso, service_of
-from openrft.config_parse import BEDROCK_ALIASES, BEDROCK_SECTION
+from openrft.api.bedrock_shapes import (
+    JOB_STATUSES,
+    RFT,
+    bedrock_status,
+    check_choice,
+    in_window,
+    job_arn,
+    job_summary,
+    job_view,
+    last_segment,
+    page,
+    sort_by_time,
+)
+from openrft.api.views import service_of
+from openrft.config_parse import BEDROCK_SECTION
 from openrft.errors import ConfigError
-from openrft.jobs.model import Job, JobStatus, parse_status
+from openrft.jobs.model import Job
 from openrft.jobs.service import JobService
 
 router = APIRouter(tags=["bedrock"])
-ARN_PREFIX = "arn:openrft:bedrock:local:000000000000"
-RFT = "REINFORCEMENT_FINE_TUNING"
-REASONING_EFFORTS = ("low", "medium", "high")
-DETAILS = {
-    "validation": "validationDetails",
-    "dataProcessing": "dataProcessingDetails",
-    "training": "trainingDetails",
-}
-
-
-def job_arn(job_id: str) -> str:
-    return f"{ARN_PREFIX}:model-customization-job/{job_id}"
+# Request members kept with the job, to answer Get in the caller's own terms. vpcConfig and
+# customModelKmsKeyId are kept and echoed but change nothing here (docs/aws.md).
+KEPT = (
+    "jobName",
+    "customModelName",
+    "baseModelIdentifier",
+    "roleArn",
+    "clientRequestToken",
+    "trainingDataConfig",
+    "validationDataConfig",
+    "outputDataConfig",
+    "customizationConfig",
+    "vpcConfig",
+    "customModelKmsKeyId",
+    "jobTags",
+    "customModelTags",
+)
+HYPER = f"customizationConfig.rftConfig.{BEDROCK_SECTION}"
 
 
 @router.post("/model-customization-jobs", status_code=201)
 def create_job(request: Request, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    service = service_of(request)
+    # botocore fills clientRequestToken in and keeps it across its retries: a retried Create
+    # answers with the job the first attempt made instead of starting a second one.
+    earlier = _job_with_token(service, body.get("clientRequestToken"))
+    if earlier is not None:
+        return {"jobArn": job_arn(earlier.id)}
     raw, grader_spec = bedrock_config(body)
-    keep = ("jobName", "customModelName", "baseModelIdentifier", "roleArn", "trainingDataConfig")
-    extra = {key: body[key] for key in keep if key in body}
-    for key in ("validationDataConfig", "outputDataConfig", "customizationConfig"):
-        if key in body:
-            extra[key] = body[key]
-    job = service_of(request).create_job(
+    extra = {key: body[key] for key in KEPT if key in body}
+    job = service.create_job(
         raw, name=body["jobName"], source="bedrock", extra=extra, grader_spec=grader_spec
     )
     return {"jobArn": job_arn(job.id)}
 
 
+def _job_with_token(service: JobService, token: Any) -> Job | None:
+    if not isinstance(token, str) or not token:
+        return None
+    jobs = service.store.list_jobs()
+    return next((job for job in jobs if job.extra.get("clientRequestToken") == token), None)
+
+
 def bedrock_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """openrft's raw config (and a grader spec for a Lambda URL) from a Create request."""
-    for key in ("jobName", "customModelName", "baseModelIdentifier"):
-        if not isinstance(body.get(key), str) or not body[key]:
-            raise ConfigError(key, "is required (a non-empty string)")
-    if body.get("customizationType") != RFT:
-        got = body.get("customizationType")
-        raise ConfigError("customizationType", f"must be {RFT!r}, got {got!r}")
+    _check_request(body)
     extension = body.get("openrftConfig") or {}
     if not isinstance(extension, dict):
         raise ConfigError("openrftConfig", "must be an object (openrft's config as JSON)")
     raw = copy.deepcopy(extension)
     raw.setdefault("model", {})["name"] = body["baseModelIdentifier"]
     data = raw.setdefault("data", {})
-    data["train_file"] = _location(body.get("trainingDataConfig"), "trainingDataConfig")
+    data["train_file"] = _training_location(body.get("trainingDataConfig"))
     validators = (body.get("validationDataConfig") or {}).get("validators") or []
+    if len(validators) > 1:
+        raise ConfigError("validationDataConfig.validators", "takes one validator here")
     if validators:
         data["validation_file"] = _location(validators[0], "validationDataConfig.validators[0]")
-    rft = (body.get("customizationConfig") or {}).get("rftConfig") or {}
+    rft = _rft_config(body.get("customizationConfig"))
+    raw[BEDROCK_SECTION] = _rft_hyperparameters(rft)
+    return _grader(raw, rft)
+
+
+def _check_request(body: dict[str, Any]) -> None:
+    for key in ("jobName", "customModelName", "baseModelIdentifier"):
+        if not isinstance(body.get(key), str) or not body[key]:
+            raise ConfigError(key, "is required (a non-empty string)")
+    if body.get("customizationType") != RFT:
+        got = body.get("customizationType")
+        raise ConfigError("customizationType", f"must be {RFT!r}, got {got!r}")
+    if body.get("hyperParameters"):
+        raise ConfigError(
+            "hyperParameters", f"is for other customization types; {RFT} takes {HYPER}"
+        )
+
+
+def _rft_config(customization: Any) -> dict[str, Any]:
+    customization = customization or {}
+    if not isinstance(customization, dict):
+        raise ConfigError("customizationConfig", "must be an object")
+    others = sorted(set(customization) - {"rftConfig"})
+    if others:
+        raise ConfigError(f"customizationConfig.{others[0]}", f"{RFT} takes only rftConfig")
+    rft = customization.get("rftConfig") or {}
+    if not isinstance(rft, dict):
+        raise ConfigError("customizationConfig.rftConfig", "must be an object")
+    return rft
+
+
+def _rft_hyperparameters(rft: dict[str, Any]) -> dict[str, Any]:
     hyper = dict(rft.get("hyperParameters") or {})
-    effort = hyper.pop("reasoningEffort", None)  # accepted; the local models cannot use it
-    if effort is not None and effort not in REASONING_EFFORTS:
-        field = f"{BEDROCK_SECTION}.reasoningEffort"
-        raise ConfigError(field, f"{effort!r} is not one of: {', '.join(REASONING_EFFORTS)}")
-    raw[BEDROCK_SECTION] = hyper
+    if "reasoningEffort" in hyper:
+        # Bedrock sets how long a reasoning model thinks; openrft's models have no such
+        # control, and quietly training without it would not be what was asked for.
+        raise ConfigError(
+            f"{BEDROCK_SECTION}.reasoningEffort",
+            "openrft has no reasoning-effort setting for its models; leave it out",
+        )
+    return hyper
+
+
+def _grader(
+    raw: dict[str, Any], rft: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     arn = ((rft.get("graderConfig") or {}).get("lambdaGrader") or {}).get("lambdaArn")
     if arn is None:
         return raw, None
@@ -86,6 +155,15 @@ def bedrock_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
         raise ConfigError("graderConfig.lambdaGrader.lambdaArn", message)
     raw.setdefault("reward", {})["grader"] = arn
     return raw, None
+
+
+def _training_location(config: Any) -> str:
+    if isinstance(config, dict) and config.get("invocationLogsConfig") is not None:
+        raise ConfigError(
+            "trainingDataConfig.invocationLogsConfig",
+            "invocation logs are not kept here; give trainingDataConfig.s3Uri",
+        )
+    return _location(config, "trainingDataConfig")
 
 
 def _location(config: Any, where: str) -> str:
@@ -101,105 +179,36 @@ def _location(config: Any, where: str) -> str:
 @router.get("/model-customization-jobs")
 def list_jobs(
     request: Request,
-    statusEquals: str | None = None,  # noqa: N803 (Bedrock's parameter names)
+    creationTimeAfter: datetime | None = None,  # noqa: N803 (Bedrock's parameter names)
+    creationTimeBefore: datetime | None = None,  # noqa: N803
+    statusEquals: str | None = None,  # noqa: N803
     nameContains: str | None = None,  # noqa: N803
     maxResults: int = 100,  # noqa: N803
     nextToken: str | None = None,  # noqa: N803
+    sortBy: str = "CreationTime",  # noqa: N803
+    sortOrder: str = "Descending",  # noqa: N803
 ) -> dict[str, Any]:
-    service = service_of(request)
-    jobs = service.store.list_jobs(
-        parse_status(statusEquals, "statusEquals") if statusEquals else None
-    )
-    if nameContains:
-        jobs = [job for job in jobs if nameContains in job.name]
-    start = int(nextToken) if nextToken and nextToken.isdigit() else 0
-    if not 1 <= maxResults <= 1000:
-        raise ConfigError("maxResults", f"{maxResults} is out of range 1 to 1000")
-    page = jobs[start : start + maxResults]
-    more = start + maxResults < len(jobs)
-    return {
-        "modelCustomizationJobSummaries": [_summary(job, service) for job in page],
-        "nextToken": str(start + maxResults) if more else None,
-    }
+    check_choice(statusEquals, "statusEquals", JOB_STATUSES)
+    jobs = [
+        job
+        for job in service_of(request).store.list_jobs()
+        if (statusEquals is None or bedrock_status(job) == statusEquals)
+        and (not nameContains or nameContains in job.name)
+        and in_window(job.created_at, creationTimeAfter, creationTimeBefore)
+    ]
+    jobs = sort_by_time(jobs, lambda job: job.created_at, sortBy, sortOrder)
+    shown, token = page(jobs, maxResults, nextToken)
+    summaries = [job_summary(job) for job in shown]
+    return {"modelCustomizationJobSummaries": summaries, "nextToken": token}
 
 
 @router.get("/model-customization-jobs/{job_identifier:path}")
 def get_job(request: Request, job_identifier: str) -> dict[str, Any]:
     service = service_of(request)
-    return job_view(service.store.get_job(_job_id(job_identifier)), service)
+    return job_view(service.store.get_job(last_segment(job_identifier)), service)
 
 
 @router.post("/model-customization-jobs/{job_identifier:path}/stop")
 def stop_job(request: Request, job_identifier: str) -> dict[str, Any]:
-    service_of(request).stop_job(_job_id(job_identifier))
+    service_of(request).stop_job(last_segment(job_identifier))
     return {}
-
-
-def _job_id(identifier: str) -> str:
-    return identifier.rsplit("/", 1)[-1]  # the id, or an ARN ending in /<id>
-
-
-def _summary(job: Job, service: JobService) -> dict[str, Any]:
-    view = job_view(job, service)
-    keys = ("jobArn", "jobName", "status", "statusDetails", "lastModifiedTime", "creationTime")
-    summary = {key: view[key] for key in keys}
-    summary.update(
-        endTime=view["endTime"],
-        baseModelArn=view["baseModelArn"],
-        customModelName=view["outputModelName"],
-        customModelArn=view["outputModelArn"],
-        customizationType=RFT,
-    )
-    return summary
-
-
-def job_view(job: Job, service: JobService) -> dict[str, Any]:
-    """GetModelCustomizationJob's response for a job (any job, whichever API created it)."""
-    extra = job.extra
-    model_name = extra.get("customModelName") or job.name
-    completed = job.status is JobStatus.COMPLETED
-    config_data = job.config.get("data", {})
-    validation = config_data.get("validation_file")
-    details = {
-        DETAILS[stage]: {
-            "status": value,
-            "creationTime": iso(job.created_at),
-            "lastModifiedTime": iso(job.updated_at),
-        }
-        for stage, value in job.status_details.items()
-    }
-    return {
-        "jobArn": job_arn(job.id),
-        "jobName": job.name,
-        "outputModelName": model_name,
-        "outputModelArn": f"{ARN_PREFIX}:custom-model/{model_name}" if completed else None,
-        "outputModelPath": str(service.run_dir(job.id) / "final") if completed else None,
-        "roleArn": extra.get("roleArn"),
-        "status": job.status.value,
-        "statusDetails": details,
-        "failureMessage": job.failure_message,
-        "creationTime": iso(job.created_at),
-        "lastModifiedTime": iso(job.updated_at),
-        "endTime": iso(job.ended_at),
-        "baseModelArn": extra.get("baseModelIdentifier") or job.config["model"]["name"],
-        "customizationType": RFT,
-        "hyperParameters": _hyperparameters(job),
-        "trainingDataConfig": extra.get("trainingDataConfig")
-        or {"s3Uri": config_data.get("train_file")},
-        "validationDataConfig": extra.get("validationDataConfig")
-        or ({"validators": [{"s3Uri": validation}]} if validation else None),
-        "outputDataConfig": extra.get("outputDataConfig")
-        or {"s3Uri": str(service.run_dir(job.id))},
-        "customizationConfig": extra.get("customizationConfig"),
-    }
-
-
-def _hyperparameters(job: Job) -> dict[str, str]:
-    """The effective values under Bedrock's names (strings, as Bedrock returns them)."""
-    values = {}
-    for name, (target, _) in BEDROCK_ALIASES.items():
-        section, key = target.split(".")
-        value = job.config.get(section, {}).get(key)
-        if value is not None:
-            values[name] = str(value)
-    return values

@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from openrft.api.app import create_app
+from openrft.api.sigv4 import DEFAULT_ACCESS_KEY_ID
 from openrft.jobs.model import JobError
 from openrft.jobs.service import DataDir, default_data_dir
 from openrft.net import listen_socket
@@ -70,12 +71,13 @@ def serve(
     port: int = 8000,
     data_dir: Path | None = None,
     concurrency: int = 1,
+    aws_access_key_id: str = DEFAULT_ACCESS_KEY_ID,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     layout = DataDir(Path(data_dir or default_data_dir()).expanduser().resolve())
     sock = bind(host, port)
     url = server_url(host, sock.getsockname()[1])
-    app = create_app(layout.root, concurrency)
+    app = create_app(layout.root, concurrency, aws_access_key_id=aws_access_key_id)
     server = make_server(app)
     server.on_exit = lambda: remove_server_json(layout)
     write_server_json(layout, url)

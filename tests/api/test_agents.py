@@ -5,12 +5,26 @@ server (streaming too) and reports rewards, and the job trains on them."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
 import openai
 
+from openrft.paths import AGENT_FILE
+
 from .helpers import job_config, wait_ended, wait_job
+
+
+def test_taking_a_rollout_needs_the_token(idle_server, tmp_path, tiny_model_dir):
+    """Checked before anything is forwarded: here the job's agent proxy does not even exist."""
+    config = job_config(tmp_path / "job", tiny_model_dir)
+    job = idle_server.client.post("/api/jobs", json={"config": config}).json()
+    proxy = {"url": "http://127.0.0.1:9/"}
+    (idle_server.data_dir / "jobs" / job["id"] / AGENT_FILE).write_text(json.dumps(proxy))
+    take = f"{idle_server.url}/api/jobs/{job['id']}/agent/v1/rollouts"
+    assert httpx.post(take).status_code == 401
+    assert httpx.post(take, headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
 def test_an_external_agent_job_runs_through_the_server(start_server, tmp_path, tiny_model_dir):

@@ -1,5 +1,6 @@
-"""The Bedrock-compatible facade: Create/Get/List/StopModelCustomizationJob shapes, and
-hyperParameters checked against Bedrock's ranges (400 ValidationException naming the field)."""
+"""The Bedrock-compatible facade over plain HTTP: Create/Get/List/StopModelCustomizationJob
+shapes, and hyperParameters checked against Bedrock's ranges (400 ValidationException naming
+the field). boto3's own client against it: test_boto3.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def create_body(tmp_path, model_dir, **hyper) -> dict:
                 "graderConfig": {"lambdaGrader": {"lambdaArn": config["reward"]["grader"]}},
                 "hyperParameters": {"epochCount": 1, "batchSize": 16, "learningRate": 1e-4,
                                     "trainingSamplePerPrompt": 2, "inferenceMaxTokens": 4,
-                                    "evalInterval": 5, "reasoningEffort": "low", **hyper},
+                                    "evalInterval": 5, **hyper},
             }
         },
         "openrftConfig": {"train": {"threads": 1}},
@@ -44,12 +45,13 @@ def test_create_get_list_stop(idle_server, tmp_path, tiny_model_dir):
     by_arn = client.get(f"/model-customization-jobs/{quote(arn, safe='')}").json()
     assert by_id == by_arn
     assert by_id["jobName"] == "bedrock-job" and by_id["outputModelName"] == "my-model"
-    assert by_id["status"] == "Queued" and by_id["outputModelArn"] is None
+    # Bedrock has no Queued status: a waiting job is InProgress, its stages NotStarted.
+    assert by_id["status"] == "InProgress" and "outputModelArn" not in by_id
     assert by_id["customizationType"] == "REINFORCEMENT_FINE_TUNING"
     assert by_id["hyperParameters"]["batchSize"] == "16"
     assert by_id["hyperParameters"]["learningRate"] == "0.0001"
     assert by_id["statusDetails"]["trainingDetails"]["status"] == "NotStarted"
-    assert by_id["creationTime"].endswith("Z") and by_id["endTime"] is None
+    assert by_id["creationTime"].endswith("Z") and "endTime" not in by_id
     native = client.get(f"/api/jobs/{job_id}").json()
     assert native["source"] == "bedrock" and native["config"]["train"]["prompts_per_step"] == 16
     assert native["config"]["rollout"]["samples_per_prompt"] == 2
@@ -82,7 +84,7 @@ def test_create_get_list_stop(idle_server, tmp_path, tiny_model_dir):
         ({"trainingSamplePerPrompt": 32}, "hyperParameters.trainingSamplePerPrompt"),
         ({"epochCount": 0}, "hyperParameters.epochCount"),
         ({"evalInterval": 1000}, "hyperParameters.evalInterval"),
-        ({"reasoningEffort": "extreme"}, "hyperParameters.reasoningEffort"),
+        ({"reasoningEffort": "low"}, "hyperParameters.reasoningEffort"),  # no equivalent here
         ({"batchSise": 16}, "hyperParameters.batchSise"),
     ],
 )
