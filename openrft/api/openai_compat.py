@@ -7,7 +7,10 @@ shapes, so the official `openai` client works against the server:
 
 The grader JSON goes to RUN_DIR/grader.json (reward.grader points at it) after a build check.
 Hyperparameter mapping and status mapping: docs/api.md. An `openrft_config` object in the
-body (`extra_body=` in the client) adds openrft settings OpenAI has no name for.
+body (`extra_body=` in the client) adds openrft settings OpenAI has no name for. A field
+openrft cannot honour (reasoning_effort, integrations, the deprecated top-level
+hyperparameters, an unknown key) is refused with a 400 naming it, never dropped. A succeeded
+job's `result_files` and `trained_tokens` come from its metrics (openai_results.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
+from openrft.api.openai_results import job_results
 from openrft.api.views import service_of
 from openrft.errors import ConfigError, RFTError
 from openrft.jobs import runfiles
@@ -41,7 +45,12 @@ HYPERPARAMETERS: dict[str, tuple[str, Any]] = {
 PARAMS = {target: f"{HYPER}.{name}" for name, (target, _) in HYPERPARAMETERS.items()}
 PARAMS |= {"model.name": "model", "data.train_file": "training_file", "train.seed": "seed"}
 PARAMS |= {"data.validation_file": "validation_file", "reward.grader": "method"}
+# "default" asks for the model's own reasoning effort; openrft's models have no reasoning
+# mode, so that is the only value openrft can honour.
 REASONING_EFFORTS = ("default", "low", "medium", "high")
+BODY_FIELDS = ("model", "training_file", "validation_file", "suffix", "seed", "metadata",
+               "method", "hyperparameters", "integrations", "openrft_config")  # fmt: skip
+REINFORCEMENT_FIELDS = ("grader", "hyperparameters", "tools", "max_episode_steps")
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -112,13 +121,16 @@ def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     for key in ("model", "training_file"):
         if not isinstance(body.get(key), str) or not body[key]:
             raise ConfigError(key, "is required (a string)")
+    _refuse_unhonoured(body)
     method = body.get("method")
     if not isinstance(method, dict) or method.get("type") != "reinforcement":
         raise ConfigError("method.type", "only 'reinforcement' fine-tuning is supported here")
     settings = method.get("reinforcement") or {}
+    _refuse_unknown(settings, REINFORCEMENT_FIELDS, "method.reinforcement")
     grader = settings.get("grader")
     if not isinstance(grader, dict):
         raise ConfigError("method.reinforcement.grader", "is required (a grader object)")
+    _refuse_grader_reasoning(grader, "method.reinforcement.grader")
     raw = copy.deepcopy(body.get("openrft_config") or {})
     if not isinstance(raw, dict):
         raise ConfigError("openrft_config", "must be an object (openrft's config as JSON)")
@@ -133,9 +145,8 @@ def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     for name, value in hyper.items():
         if value == "auto" or value is None:
             continue
-        if name == "reasoning_effort":  # accepted; the local models have no reasoning mode
-            if value not in REASONING_EFFORTS:
-                raise ConfigError(f"{HYPER}.{name}", f"{value!r} is not one of {REASONING_EFFORTS}")
+        if name == "reasoning_effort":
+            _check_reasoning_effort(value)
             continue
         if name not in HYPERPARAMETERS:
             raise ConfigError(f"{HYPER}.{name}", "unknown hyperparameter")
@@ -145,6 +156,63 @@ def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         except ValueError as exc:
             raise ConfigError(f"{HYPER}.{name}", str(exc)) from exc
     return raw, grader
+
+
+def _refuse_unhonoured(body: dict[str, Any]) -> None:
+    """Top-level fields openrft has no equivalent for: a 400 naming each, never a silent drop."""
+    _refuse_unknown(body, BODY_FIELDS, "")
+    if body.get("hyperparameters"):
+        raise ConfigError(
+            "hyperparameters",
+            "the top-level hyperparameters are OpenAI's deprecated form; put them in "
+            "method.reinforcement.hyperparameters",
+        )
+    if body.get("integrations"):
+        raise ConfigError(
+            "integrations",
+            "openrft has no integrations (Weights & Biases); its metrics are in the job's "
+            "metrics.jsonl, the dashboard and the job's result file",
+        )
+
+
+def _refuse_unknown(table: Any, known: tuple[str, ...], where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(where or "<body>", "must be an object")
+    for key in table:
+        if key not in known:
+            field = f"{where}.{key}" if where else key
+            raise ConfigError(field, f"unknown field; openrft reads: {', '.join(known)}")
+
+
+def _check_reasoning_effort(value: Any) -> None:
+    """OpenAI sets how long a reasoning model thinks; openrft's models have no such control,
+    so anything but the model's default would be trained without being honoured."""
+    field = f"{HYPER}.reasoning_effort"
+    if value not in REASONING_EFFORTS:
+        raise ConfigError(field, f"{value!r} is not one of {', '.join(REASONING_EFFORTS)}")
+    if value != "default":
+        raise ConfigError(
+            field,
+            f"{value!r} cannot be honoured: openrft's models have no reasoning-effort setting; "
+            "leave it out or use 'default'",
+        )
+
+
+def _refuse_grader_reasoning(grader: dict[str, Any], where: str) -> None:
+    """A model grader's sampling_params.reasoning_effort: openrft's judge does not pass it on
+    to the grading model (docs/judge.md), so the facade refuses it. Walks `multi` graders."""
+    sampling = grader.get("sampling_params")
+    if isinstance(sampling, dict) and sampling.get("reasoning_effort") is not None:
+        raise ConfigError(
+            f"{where}.sampling_params.reasoning_effort",
+            "openrft's model graders do not send reasoning_effort to the grading model; "
+            "leave it out",
+        )
+    subgraders = grader.get("graders")
+    if isinstance(subgraders, dict):
+        for key, sub in subgraders.items():
+            if isinstance(sub, dict):
+                _refuse_grader_reasoning(sub, f"{where}.graders.{key}")
 
 
 def _agent_tools(raw: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -305,6 +373,7 @@ def job_object(job: Job, service: JobService) -> dict[str, Any]:
     validation_file = extra.get("validation_file") or config["data"]["validation_file"] or None
     method = extra.get("method") or {"type": "reinforcement", "reinforcement": {}}
     completed = job.status is JobStatus.COMPLETED
+    result_files, trained_tokens = job_results(job, service, openai_status(job))
     error = None
     if job.status is JobStatus.FAILED:
         error = {"code": "job_failed", "message": job.failure_message or "", "param": None}
@@ -326,8 +395,8 @@ def job_object(job: Job, service: JobService) -> dict[str, Any]:
         "method": method,
         "error": error,
         "seed": config["train"]["seed"],
-        "result_files": [],
-        "trained_tokens": None,
+        "result_files": result_files,
+        "trained_tokens": trained_tokens,
         "organization_id": "openrft",
         "estimated_finish": None,
         "integrations": [],

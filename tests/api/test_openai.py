@@ -31,7 +31,7 @@ def reinforcement(grader=STRING_CHECK, **hyper) -> dict:
         "compute_multiplier": 0.5,  # x 8 = 4 samples per prompt
         "n_epochs": 1,
         "eval_interval": "auto",
-        "reasoning_effort": "low",
+        "reasoning_effort": "default",  # the only value openrft honours (no reasoning mode)
         **hyper,
     }
     settings = {"grader": grader, "hyperparameters": hyperparameters}
