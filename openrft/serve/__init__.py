@@ -1,4 +1,5 @@
-"""Serving: an OpenAI-compatible chat endpoint over a model openrft loads (see `app`).
+"""Serving: OpenAI-compatible and Bedrock Runtime chat endpoints over a model openrft loads
+(see `app`).
 
 Sits on top of the pipeline: it imports models/rollout/data, and nothing imports it.
 """

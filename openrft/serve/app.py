@@ -3,19 +3,20 @@ GGUF), optionally with a PEFT adapter such as a training checkpoint.
 
 Endpoints: GET /v1/models, POST /v1/chat/completions (n, temperature, top_p, max_tokens or
 max_completion_tokens, stop, seed, stream, metadata, and tools with tool_choice: the protocol
-is openrft.rollout.openai_chat and openrft.rollout.openai_tools). Generation runs in a worker
-thread, one batch at a time, so the event loop keeps answering; concurrent requests that sample
-alike are batched together (openrft.serve.batching). With `log_path`, every request is logged
-as a JSON line (openrft.serve.invocations). Run it with `serve(...)`, or mount
-`create_app(...)` in any ASGI server. Bad requests get 400 with an OpenAI-style error object.
+is openrft.rollout.openai_chat and openrft.rollout.openai_tools), and Bedrock Runtime's
+Converse, ConverseStream and InvokeModel under /model/{modelId}/ for boto3's `bedrock-runtime`
+client (openrft.serve.bedrock_runtime); both go through openrft.serve.chat_service. Generation
+runs in a worker thread, one batch at a time, so the event loop keeps answering; concurrent
+requests that sample alike are batched together (openrft.serve.batching). With `log_path`,
+every request is logged as a JSON line (openrft.serve.invocations). Run it with `serve(...)`,
+or mount `create_app(...)` in any ASGI server. Bad requests get 400 with an OpenAI-style error
+object (Bedrock's error shape on the Bedrock routes).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -37,15 +38,14 @@ from openrft.rollout.openai_chat import (
     ChatRequest,
     RequestError,
     chat_tool_parser,
-    completion_body,
     error_response,
-    parse_request,
     reply_message,
-    request_metadata,
     stream_chunks,
 )
 from openrft.rollout.tool_calls import ToolCallParser
-from openrft.serve.batching import Batcher, BatchResult
+from openrft.serve.batching import Batcher
+from openrft.serve.bedrock_runtime import add_bedrock_routes
+from openrft.serve.chat_service import ChatService
 from openrft.serve.invocations import InvocationLog
 from openrft.types import Completion, SamplingParams
 
@@ -141,6 +141,8 @@ def build_app(chat: ChatModel, log: InvocationLog | None = None, max_batch: int 
     # One batch at a time: the model and engine are not shared-safe.
     batcher = Batcher(chat.generate_batch, max_batch)
     app.state.batcher = batcher
+    app.state.model_id = chat.model_id
+    service = ChatService(chat, batcher, log)
     created = int(time.time())
 
     @app.exception_handler(RequestError)
@@ -163,62 +165,20 @@ def build_app(chat: ChatModel, log: InvocationLog | None = None, max_batch: int 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         started = time.monotonic()
-        body: Any = None
         try:
-            try:
-                body = json.loads(await request.body())
-            except ValueError as exc:
-                raise RequestError(f"the request body is not JSON: {exc}") from exc
-            parsed = parse_request(body)
-            prompt, params = chat.prepare(parsed)
-            try:
-                result = await batcher.submit(prompt, params, parsed.seeded)
-            except Exception as exc:  # a generation failure is the server's, not the client's
-                raise RequestError(f"generation failed: {exc!r}", status=500) from exc
-        except RequestError as exc:
-            if log is not None:
-                error = {"status": exc.status, "message": exc.message}
-                timing = {"total_s": time.monotonic() - started}
-                meta = _logged_metadata(body)
-                record_id = f"chatcmpl-{uuid.uuid4().hex}"
-                log.write(record_id, chat.model_id, body, meta, None, error, timing, None)
-            raise
-        replies = [chat.reply(c, parsed) for c in result.completions]
-        reply = completion_body(chat.model_id, len(prompt), result.completions, replies)
-        if log is not None:
-            _log_reply(log, chat.model_id, body, parsed, reply, result, started)
-        if not parsed.stream:
-            return JSONResponse(reply)
-        chunks = stream_chunks(reply, parsed.include_usage)
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            error = RequestError(f"the request body is not JSON: {exc}")
+            service.log_failure(None, error.status, error.message, started)
+            raise error from exc
+        answer = await service.answer(body, started=started)
+        if not answer.request.stream:
+            return JSONResponse(answer.reply)
+        chunks = stream_chunks(answer.reply, answer.request.include_usage)
         return StreamingResponse(chunks, media_type="text/event-stream")
 
+    add_bedrock_routes(app, service)
     return app
-
-
-def _log_reply(
-    log: InvocationLog,
-    model_id: str,
-    body: Any,
-    parsed: ChatRequest,
-    reply: dict[str, Any],
-    result: BatchResult,
-    started: float,
-) -> None:
-    timing = {
-        "queue_s": result.queue_s,
-        "generate_s": result.generate_s,
-        "total_s": time.monotonic() - started,
-    }
-    batch = {"id": result.batch_id, "size": result.batch_size}
-    log.write(reply["id"], model_id, body, dict(parsed.metadata), reply, None, timing, batch)
-
-
-def _logged_metadata(body: Any) -> dict[str, str]:
-    """The metadata of a request that failed: what of it is valid, for filtering the logs."""
-    try:
-        return request_metadata(body) if isinstance(body, Mapping) else {}
-    except RequestError:
-        return {}
 
 
 def serve(
@@ -234,6 +194,11 @@ def serve(
     """Loads the model and serves it until interrupted (Ctrl-C)."""
     app = create_app(model, adapter, dtype, device, log_path, max_batch)
     print(f"openrft: serving {model} at http://{host}:{port}/v1", flush=True)
+    print(
+        f"openrft: Bedrock Runtime at endpoint_url=http://{host}:{port}, "
+        f"modelId={app.state.model_id!r}",
+        flush=True,
+    )
     if log_path:
         print(f"openrft: logging invocations to {log_path}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
