@@ -40,6 +40,15 @@ GGUF_TYPES = {
     "float16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bfloat16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
 }
+# Block-quantized GGUF types (`--quant`): what the gguf package can write. Its k-quants
+# (q4_k, q6_k, ...) raise NotImplementedError in gguf 0.19, so they are not offered.
+GGUF_QUANTS = {
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q5_1": (gguf.GGMLQuantizationType.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
+    "q5_0": (gguf.GGMLQuantizationType.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
+    "q4_1": (gguf.GGMLQuantizationType.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
+    "q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+}
 # transformers model_type -> GGUF architecture (Mistral-style llamas are "llama" in llama.cpp)
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 ROPE_PERMUTED = {gguf.MODEL_ARCH.LLAMA}  # llama.cpp stores these Q/K rows interleaved for rope
@@ -99,19 +108,26 @@ def _base_model(weights_dir: Path) -> str:
     return ""
 
 
-def export(source: str | Path, fmt: str, out: str | Path, dtype: str = "float32") -> Path:
-    """Export the run at `source` to `out`; returns the written directory or file."""
+def export(
+    source: str | Path, fmt: str, out: str | Path, dtype: str = "float32", quant: str = ""
+) -> Path:
+    """Export the run at `source` to `out`; returns the written directory or file. `quant`
+    (gguf only) block-quantizes the weight matrices: q8_0, q5_1, q5_0, q4_1 or q4_0."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if quant and (fmt != "gguf" or quant not in GGUF_QUANTS):
+        choices = ", ".join(GGUF_QUANTS)
+        raise ExportError(f"--quant {quant!r}: gguf only, one of {choices} (k-quants: not yet)")
     weights = locate_weights(source)
     out = Path(out).expanduser()
     if fmt == "gguf":
-        target = out if out.suffix == ".gguf" else out / f"model-{_gguf_suffix(dtype)}.gguf"
+        kind = quant or dtype
+        target = out if out.suffix == ".gguf" else out / f"model-{_gguf_suffix(kind)}.gguf"
         _refuse_existing(target)
         model, tokenizer = merged_model(weights)
-        return write_gguf(model, tokenizer, target, dtype, _known_pre(weights.base_model))
+        return write_gguf(model, tokenizer, target, kind, _known_pre(weights.base_model))
     _refuse_existing(out)
     if fmt == "peft":
         return export_peft(weights, out)
@@ -172,8 +188,8 @@ def _atomic_dir(out: Path, fill) -> Path:
     return out
 
 
-def _gguf_suffix(dtype: str) -> str:
-    return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[dtype]
+def _gguf_suffix(kind: str) -> str:
+    return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(kind, kind)
 
 
 def _known_pre(base_model: str) -> str | None:
@@ -190,8 +206,9 @@ def _known_pre(base_model: str) -> str | None:
 def write_gguf(
     model: PreTrainedModel, tokenizer, path: Path, dtype: str = "float32", pre: str | None = None
 ) -> Path:
-    """Write `model` (llama or qwen2) and its byte-level BPE tokenizer as one GGUF file.
-    `pre` overrides the pre-tokenizer name that is otherwise read off the tokenizer."""
+    """Write `model` (llama or qwen2) and its byte-level BPE tokenizer as one GGUF file, its
+    weight matrices as `dtype` (float32, float16, bfloat16) or a GGUF_QUANTS type. `pre`
+    overrides the pre-tokenizer name that is otherwise read off the tokenizer."""
     config = model.config
     arch = ARCHITECTURES.get(config.model_type)
     if arch is None:
@@ -201,10 +218,11 @@ def write_gguf(
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
     try:
-        _add_architecture(writer, config, GGUF_TYPES[dtype][1])
+        tensor_type, file_type = (GGUF_TYPES | GGUF_QUANTS)[dtype]
+        _add_architecture(writer, config, file_type)
         vocab_rows = model.get_input_embeddings().weight.shape[0]
         _add_tokenizer(writer, tokenizer, vocab_rows, pre or pre_tokenizer_name(tokenizer))
-        _add_tensors(writer, model, arch, GGUF_TYPES[dtype][0])
+        _add_tensors(writer, model, arch, tensor_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -319,9 +337,11 @@ def _add_tensors(
             array = rope_permute(array, config.num_attention_heads)
         elif arch in ROPE_PERMUTED and name.endswith(("k_proj.weight", "k_proj.bias")):
             array = rope_permute(array, config.num_key_value_heads)
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
         if array.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name, np.ascontiguousarray(array))
-        elif qtype == gguf.GGMLQuantizationType.F16:
+        elif qtype == gguf.GGMLQuantizationType.F16 or array.shape[-1] % block:
+            # A row that is not whole blocks cannot be block-quantized: F16, as llama.cpp does.
             writer.add_tensor(gguf_name, array.astype(np.float16))
         else:
             data = gguf.quants.quantize(array, qtype)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 from peft import PeftModel
@@ -85,6 +86,33 @@ def test_gguf_export_loads_back_with_transformers(lora_run, tiny_model_dir, tmp_
     assert tokenizer.chat_template == reference_tokenizer.chat_template
     expected = _trained_logits(lora_run, tiny_model_dir)
     assert torch.allclose(_logits(model, reference_tokenizer), expected, atol=atol)
+
+
+@pytest.mark.parametrize(("quant", "tolerance"), [("q8_0", 0.02), ("q4_0", 0.3)])
+def test_quantized_gguf_loads_back_and_generates(lora_run, tiny_model_dir, tmp_path, quant,
+                                                 tolerance):  # fmt: skip
+    path = export(lora_run, "gguf", tmp_path / "gguf", quant=quant)
+    assert path.name == f"model-{quant}.gguf"
+    kinds = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert kinds["blk.0.attn_q.weight"] == quant.upper()  # matrices quantized
+    assert kinds["blk.0.attn_norm.weight"] == "F32"  # norms kept whole, as llama.cpp does
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(lora_run / "final")
+    expected = _trained_logits(lora_run, tiny_model_dir)
+    error = (_logits(model, tokenizer) - expected).abs().mean() / expected.abs().mean()
+    assert 0 < error < tolerance  # quantized: close to the merged model, not equal
+    ids = tokenizer(PROBE, return_tensors="pt")["input_ids"]
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > ids.shape[1]
+
+
+def test_quantizing_is_gguf_only_and_k_quants_are_refused(lora_run, tmp_path):
+    with pytest.raises(ExportError, match="gguf only"):
+        export(lora_run, "merged", tmp_path / "m", quant="q8_0")
+    with pytest.raises(ExportError, match="k-quants"):
+        export(lora_run, "gguf", tmp_path / "g", quant="q4_k")
 
 
 def test_full_fine_tuning_exports_merged_and_refuses_peft(tmp_path, tiny_model_dir):

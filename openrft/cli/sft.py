@@ -3,6 +3,7 @@
 openrft sft CONFIG [--output RUN_DIR] [--max-steps N] [--set k=v ...] [--from-reference]
 openrft sft --resume RUN_DIR
 openrft export RUN_DIR --format peft|merged|gguf --out PATH [--dtype float32|bfloat16|float16]
+                                                          [--quant q8_0|q5_1|q5_0|q4_1|q4_0]
 
 Heavy imports (torch, transformers) happen inside the handlers, so `openrft --help` stays fast.
 """
@@ -17,6 +18,7 @@ from openrft.cli.args import EXIT_STOPPED, add_run_arguments, default_run_dir
 
 EXPORT_FORMATS = ("peft", "merged", "gguf")  # openrft.export.FORMATS
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # openrft.export.DTYPES
+EXPORT_QUANTS = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # openrft.export.GGUF_QUANTS
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -38,6 +40,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="output directory (or .gguf file for gguf)")
     export.add_argument(
         "--dtype", default="float32", choices=EXPORT_DTYPES, help="merged/gguf weights dtype"
+    )
+    export.add_argument(
+        "--quant", default="", choices=EXPORT_QUANTS, help="gguf: block-quantized weights"
     )
     export.set_defaults(handler=cmd_export)
 
@@ -103,7 +108,7 @@ def _run(config, run_dir: Path, resume: bool, progress: bool, options) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from openrft.export import export
 
-    path = export(args.run_dir, args.format, args.out, args.dtype)
+    path = export(args.run_dir, args.format, args.out, args.dtype, args.quant)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
     size = size or path.stat().st_size
     print(f"wrote {path} ({size / 1e6:.1f} MB)")
