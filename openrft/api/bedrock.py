@@ -3,8 +3,10 @@
 `bedrock` service model, so boto3 and the AWS CLI work unchanged (docs/aws.md, docs/api.md).
 The custom models that jobs make: openrft.api.bedrock_models.
 
-Data locations (`s3Uri`) are `file-<id>` uploads or server paths; `lambdaArn` is an http(s)
-URL of a Lambda-contract endpoint or a local grader reference. `hyperParameters` keep
+Data locations (`s3Uri`) are `file-<id>` uploads, server paths, or `s3://` URIs read through
+the server's S3 endpoint; `lambdaArn` is a Lambda function ARN (a handler registered with the
+server, or AWS Lambda), an http(s) URL of a Lambda-contract endpoint, or a local grader
+reference (openrft.api.aws). `hyperParameters` keep
 Bedrock's names and ranges (openrft.config_parse.BEDROCK_ALIASES). An `openrftConfig` object
 (openrft's own config as JSON) may add the settings Bedrock has no name for. What openrft
 cannot honour (reasoningEffort, distillation, invocation logs, several validators) is refused
@@ -19,6 +21,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 
+from openrft.api.aws import aws_of
+from openrft.api.bedrock_lambda import is_lambda_arn
 from openrft.api.bedrock_shapes import (
     JOB_STATUSES,
     RFT,
@@ -67,11 +71,18 @@ def create_job(request: Request, body: Annotated[dict[str, Any], Body()]) -> dic
     earlier = _job_with_token(service, body.get("clientRequestToken"))
     if earlier is not None:
         return {"jobArn": job_arn(earlier.id)}
-    raw, grader_spec = bedrock_config(body)
-    extra = {key: body[key] for key in KEPT if key in body}
+    raw, grader_spec, arn = bedrock_config(body)
+    aws = aws_of(request)
+    prepared = aws.prepare(service, raw, body, arn)
+    extra = {key: body[key] for key in KEPT if key in body} | prepared.extra
     job = service.create_job(
-        raw, name=body["jobName"], source="bedrock", extra=extra, grader_spec=grader_spec
+        raw,
+        name=body["jobName"],
+        source="bedrock",
+        extra=extra,
+        grader_spec=prepared.grader_spec or grader_spec,
     )
+    aws.created(job)
     return {"jobArn": job_arn(job.id)}
 
 
@@ -82,8 +93,11 @@ def _job_with_token(service: JobService, token: Any) -> Job | None:
     return next((job for job in jobs if job.extra.get("clientRequestToken") == token), None)
 
 
-def bedrock_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """openrft's raw config (and a grader spec for a Lambda URL) from a Create request."""
+def bedrock_config(
+    body: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
+    """openrft's raw config, a grader spec for a Lambda URL, and a Lambda ARN to resolve
+    (openrft.api.aws), from a Create request. `s3://` data locations are left to resolve."""
     _check_request(body)
     extension = body.get("openrftConfig") or {}
     if not isinstance(extension, dict):
@@ -142,19 +156,18 @@ def _rft_hyperparameters(rft: dict[str, Any]) -> dict[str, Any]:
 
 def _grader(
     raw: dict[str, Any], rft: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
     arn = ((rft.get("graderConfig") or {}).get("lambdaGrader") or {}).get("lambdaArn")
     if arn is None:
-        return raw, None
+        return raw, None, None
     if not isinstance(arn, str) or not arn:
         raise ConfigError("graderConfig.lambdaGrader.lambdaArn", "must be a non-empty string")
     if arn.startswith(("http://", "https://")):
-        return raw, {"type": "lambda", "name": "lambda", "url": arn}
-    if arn.startswith("arn:aws:lambda:"):
-        message = "AWS Lambda ARNs cannot be called here; give the function's http(s) URL"
-        raise ConfigError("graderConfig.lambdaGrader.lambdaArn", message)
+        return raw, {"type": "lambda", "name": "lambda", "url": arn}, None
+    if is_lambda_arn(arn):
+        return raw, None, arn
     raw.setdefault("reward", {})["grader"] = arn
-    return raw, None
+    return raw, None, None
 
 
 def _training_location(config: Any) -> str:
@@ -170,9 +183,6 @@ def _location(config: Any, where: str) -> str:
     uri = config.get("s3Uri") if isinstance(config, dict) else None
     if not isinstance(uri, str) or not uri:
         raise ConfigError(f"{where}.s3Uri", "is required")
-    if uri.startswith("s3://"):
-        message = "S3 is not reachable here: upload the file (POST /api/files) and pass file-<id>"
-        raise ConfigError(f"{where}.s3Uri", message + ", or give a path on the server")
     return uri
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from openrft.api.bedrock_outputs import output_error, outputs_pending
 from openrft.api.views import iso
 from openrft.config_parse import BEDROCK_ALIASES
 from openrft.errors import ConfigError
@@ -31,6 +32,7 @@ JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 MODEL_STATUSES = ("Active", "Creating", "Failed")
 SORT_ORDERS = ("Ascending", "Descending")
 DELETED = "customModelDeletedAt"  # Job.extra key: when DeleteCustomModel removed the model
+INPUTS = "s3Inputs"  # Job.extra key: {server path of a downloaded data file: its s3:// URI}
 DETAILS = {
     "validation": "validationDetails",
     "dataProcessing": "dataProcessingDetails",
@@ -56,12 +58,33 @@ def model_arn(job: Job) -> str:
 
 
 def has_model(job: Job) -> bool:
-    """Whether the job's output model exists: the job completed and the model is not deleted."""
-    return job.status is JobStatus.COMPLETED and DELETED not in job.extra
+    """Whether the job's output model exists: the job completed (its S3 outputs written, if
+    it has any) and the model is not deleted."""
+    return bedrock_status(job) == "Completed" and DELETED not in job.extra
 
 
 def bedrock_status(job: Job) -> str:
+    """The job's status as Bedrock shows it: a job whose outputs are still being written to
+    S3 has not ended yet (openrft.api.bedrock_outputs), and one whose outputs could not be
+    written has failed."""
+    if outputs_pending(job):
+        return "Stopping" if job.status is JobStatus.STOPPED else JobStatus.IN_PROGRESS.value
+    if output_error(job):
+        return JobStatus.FAILED.value
     return JobStatus.IN_PROGRESS.value if job.status is JobStatus.QUEUED else job.status.value
+
+
+def failure_message(job: Job) -> str | None:
+    """Why the job failed, naming its data by the s3:// URIs the request gave (the worker
+    names the server paths they were downloaded to)."""
+    message = output_error(job) or job.failure_message
+    for path, uri in job.extra.get(INPUTS, {}).items():
+        message = message and message.replace(path, uri)
+    return message
+
+
+def end_time(job: Job) -> str | None:
+    return None if outputs_pending(job) else iso(job.ended_at)
 
 
 def present(shape: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +95,7 @@ def present(shape: dict[str, Any]) -> dict[str, Any]:
 def job_view(job: Job, service: JobService) -> dict[str, Any]:
     """GetModelCustomizationJob's response for a job (any job, whichever API created it)."""
     extra = job.extra
-    completed = job.status is JobStatus.COMPLETED
+    completed = bedrock_status(job) == "Completed"
     details = {
         DETAILS[stage]: {
             "status": value,
@@ -92,10 +115,10 @@ def job_view(job: Job, service: JobService) -> dict[str, Any]:
             "roleArn": extra.get("roleArn"),
             "status": bedrock_status(job),
             "statusDetails": details,
-            "failureMessage": job.failure_message,
+            "failureMessage": failure_message(job),
             "creationTime": iso(job.created_at),
             "lastModifiedTime": iso(job.updated_at),
-            "endTime": iso(job.ended_at),
+            "endTime": end_time(job),
             "baseModelArn": base_model(job),
             "customizationType": RFT,
             **data_configs(job, service),
@@ -127,7 +150,7 @@ def base_model(job: Job) -> str:
 
 def job_summary(job: Job) -> dict[str, Any]:
     """An entry of ListModelCustomizationJobs."""
-    completed = job.status is JobStatus.COMPLETED
+    completed = bedrock_status(job) == "Completed"
     return present(
         {
             "jobArn": job_arn(job.id),
@@ -136,7 +159,7 @@ def job_summary(job: Job) -> dict[str, Any]:
             "status": bedrock_status(job),
             "lastModifiedTime": iso(job.updated_at),
             "creationTime": iso(job.created_at),
-            "endTime": iso(job.ended_at),
+            "endTime": end_time(job),
             "customModelArn": model_arn(job) if completed else None,
             "customModelName": model_name(job),
             "customizationType": RFT,

@@ -4,7 +4,8 @@ same server in a background thread, for embedding and tests).
 `serve` binds the socket first (so `--port 0` works and the URL is known), writes
 DATA_DIR/server.json for the CLI client, prints the dashboard URL with `#token=...`, and
 runs uvicorn until SIGTERM or Ctrl-C; then the runner SIGTERMs the workers (they checkpoint
-and their jobs resume on the next start) and server.json is removed.
+and their jobs resume on the next start) and server.json is removed. The app's AWS side (S3,
+Lambda functions: openrft.api.aws) starts and stops with it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from openrft.api.app import create_app
+from openrft.api.aws import AwsSettings, attach
 from openrft.api.sigv4 import DEFAULT_ACCESS_KEY_ID
 from openrft.jobs.model import JobError
 from openrft.jobs.service import DataDir, default_data_dir
@@ -72,21 +74,35 @@ def serve(
     data_dir: Path | None = None,
     concurrency: int = 1,
     aws_access_key_id: str = DEFAULT_ACCESS_KEY_ID,
+    aws: AwsSettings | None = None,
 ) -> None:
+    """`aws`: the S3 endpoint and Lambda functions of the Bedrock-compatible API."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     layout = DataDir(Path(data_dir or default_data_dir()).expanduser().resolve())
     sock = bind(host, port)
     url = server_url(host, sock.getsockname()[1])
     app = create_app(layout.root, concurrency, aws_access_key_id=aws_access_key_id)
+    aws = aws or AwsSettings()
+    attach(app, aws)
     server = make_server(app)
     server.on_exit = lambda: remove_server_json(layout)
     write_server_json(layout, url)
     print(f"openrft server: {url}  (data: {layout.root}, concurrency {concurrency})", flush=True)
+    print_aws(aws)
     print(f"dashboard: {url}/#token={app.state.token}", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         remove_server_json(layout)
+
+
+def print_aws(settings: AwsSettings) -> None:
+    if settings.s3_endpoint_url:
+        print(f"s3:// data and outputs through {settings.s3_endpoint_url}", flush=True)
+    for name, reference in settings.lambdas.items():
+        print(f"Lambda function {name}: {reference}", flush=True)
+    if settings.lambda_endpoint_url:
+        print(f"other Lambda ARNs invoked at {settings.lambda_endpoint_url}", flush=True)
 
 
 def write_server_json(layout: DataDir, url: str) -> None:

@@ -1,6 +1,7 @@
 """`openrft server` (the job service) and `openrft jobs ...` (its command-line client).
 
 openrft server [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--concurrency N]
+               [--s3-endpoint-url URL] [--lambda NAME=FILE ...] [--lambda-endpoint-url URL]
 openrft jobs create CONFIG [--name NAME] [--set section.key=value ...]
 openrft jobs list [--status STATUS] | get ID | stop ID | resume ID | delete ID
 openrft jobs logs ID [--follow] | metrics ID [--follow]
@@ -26,6 +27,29 @@ def add_commands(commands: Any) -> None:
     server.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     server.add_argument("--data-dir", help="jobs, files and the token (default ~/.openrft)")
     server.add_argument("--concurrency", type=int, default=1, help="jobs running at once")
+    aws = server.add_argument_group(
+        "AWS (Bedrock-compatible API; credentials: AWS_ACCESS_KEY_ID/..., AWS_PROFILE)"
+    )
+    aws.add_argument(
+        "--s3-endpoint-url",
+        metavar="URL",
+        help="read s3:// data and write job outputs through this S3-compatible endpoint "
+        "('aws': Amazon S3)",
+    )
+    aws.add_argument(
+        "--lambda",
+        dest="lambdas",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="serve a reward handler file as the Lambda function NAME that lambdaArn "
+        "arn:aws:lambda:REGION:ACCOUNT:function:NAME names (repeatable)",
+    )
+    aws.add_argument(
+        "--lambda-endpoint-url",
+        metavar="URL",
+        help="invoke other Lambda ARNs through this Lambda endpoint ('aws': AWS Lambda)",
+    )
     server.set_defaults(handler=cmd_server)
 
     jobs_parser = commands.add_parser("jobs", help="submit, watch and control server jobs")
@@ -64,9 +88,16 @@ def add_commands(commands: Any) -> None:
 
 def cmd_server(args: argparse.Namespace) -> int:
     from openrft.api import serve
+    from openrft.api.aws import AwsSettings
+    from openrft.api.bedrock_lambda import parse_registration
 
     data_dir = Path(args.data_dir) if args.data_dir else None
-    serve(args.host, args.port, data_dir, args.concurrency)
+    aws = AwsSettings(
+        s3_endpoint_url=args.s3_endpoint_url,
+        lambda_endpoint_url=args.lambda_endpoint_url,
+        lambdas=dict(parse_registration(text) for text in args.lambdas),
+    )
+    serve(args.host, args.port, data_dir, args.concurrency, aws=aws)
     return 0
 
 
