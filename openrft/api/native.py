@@ -14,6 +14,7 @@ from openrft.api.views import event_view, file_view, iso, job_view, service_of
 from openrft.errors import ConfigError
 from openrft.jobs import runfiles
 from openrft.jobs.model import JobError, parse_status
+from openrft.metrics.usage import usage_totals
 
 router = APIRouter(prefix="/api", tags=["native"])
 
@@ -78,8 +79,12 @@ def list_jobs(request: Request, status: str | None = None) -> dict[str, Any]:
 
 @router.get("/jobs/{job_id}")
 def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    """The job, with what it has used so far (tokens, graded samples, judge tokens, tool
+    calls: openrft.metrics.usage), summed from its metrics."""
     service = service_of(request)
-    return job_view(service.store.get_job(job_id), service)
+    job = service.store.get_job(job_id)  # 404 before any file is read
+    usage = usage_totals(runfiles.read_metrics(service.run_dir(job.id)))
+    return job_view(job, service) | {"usage": usage}
 
 
 @router.post("/jobs/{job_id}/stop")

@@ -40,6 +40,15 @@ OFF_POLICY_LAG_MEAN = "off_policy/lag_mean"  # updates between sampling and trai
 OFF_POLICY_LAG_MAX = "off_policy/lag_max"
 OFF_POLICY_DROPPED = "off_policy/dropped_groups"  # groups older than the bound, left out
 OFF_POLICY_WAIT_S = "time/rollout_wait_s"  # the trainer waiting for the step's rollouts
+# What a step used (summed over the run into summary.json's "usage" and the job API's).
+USAGE_PREFIX = "usage/"
+USAGE_PROMPT_TOKENS = "usage/prompt_tokens"  # each sample's prompt, as an API bills its input
+USAGE_SAMPLED_TOKENS = "usage/sampled_tokens"  # tokens the policy generated
+USAGE_TRAINED_TOKENS = "usage/trained_tokens"  # tokens in the loss, per pass over the batch
+USAGE_GRADED = "usage/graded_samples"  # samples (episodes) handed to the grader
+USAGE_JUDGE_PROMPT = "usage/judge_prompt_tokens"  # an LLM judge's input tokens
+USAGE_JUDGE_COMPLETION = "usage/judge_completion_tokens"  # an LLM judge's output tokens
+USAGE_TOOL_CALLS = "usage/tool_calls"  # tool calls the episodes made
 # Workers on a Ray cluster (cluster.backend = "ray").
 CLUSTER_ROLLOUT_WORKERS = "cluster/rollout_workers"  # rollout actors alive at the step's end
 CLUSTER_REWARD_WORKERS = "cluster/reward_workers"  # grader actors alive at the step's end

@@ -32,6 +32,7 @@ from openrft.config import CheckpointConfig, JobConfig, dump_config
 from openrft.errors import CheckpointError, ConfigError
 from openrft.metrics import names
 from openrft.metrics.report import RL_PLOTS, SFT_PLOTS, Plot, write_report
+from openrft.metrics.usage import usage_totals
 from openrft.metrics.writer import JsonlLog, read_jsonl
 from openrft.train.checkpoint import (
     TrainPosition,
@@ -285,7 +286,14 @@ class Run:
         write_report(
             self.run_dir, asdict(summary), self.kind.plots, self.kind.label, listing, self.notes
         )
-        document = {**asdict(summary), **extra, "checkpoints": listing, **self.notes}
+        usage = usage_totals(read_jsonl(self.run_dir / "metrics.jsonl"))
+        document = {
+            **asdict(summary),
+            **extra,
+            "usage": usage,
+            "checkpoints": listing,
+            **self.notes,
+        }
         (self.run_dir / "summary.json").write_text(json.dumps(document, indent=2))
         self.status(status)
         return summary

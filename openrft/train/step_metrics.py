@@ -8,6 +8,7 @@ import torch
 
 from openrft.metrics import names
 from openrft.metrics.system import peak_rss_gb
+from openrft.metrics.usage import JUDGE_COMPLETION_COMPONENT, JUDGE_PROMPT_COMPONENT
 from openrft.train.rollouts import RolloutBatch, completion_metrics, reward_metrics
 from openrft.train.rows import Advantages
 from openrft.train.update import UpdateStats
@@ -51,6 +52,7 @@ def step_record(
         names.TOKENS_PER_S: generated / step_s,
         names.PEAK_RSS_GB: peak_rss_gb(),
         **sync,
+        **usage_record(batch, stats),
     }
     if batch.dynamic:
         record[names.REWARD_DROPPED_GROUPS] = batch.dropped
@@ -64,3 +66,26 @@ def step_record(
         record[names.SAMPLER_WEIGHT] = stats.sampler_weight
         record[names.SAMPLER_CORRECTED] = stats.sampler_corrected
     return record
+
+
+def usage_record(batch: RolloutBatch, stats: UpdateStats) -> dict[str, int]:
+    """The step's `usage/*` counts over every group sampled (openrft.metrics.usage)."""
+    samples = [(g, c, grade) for g in batch.sampled
+               for c, grade in zip(g.completions, g.grades, strict=True)]  # fmt: skip
+    episodes = [c.episode for _, c, _ in samples if c.episode is not None]
+    components = [grade.components for _, _, grade in samples]
+    return {
+        names.USAGE_PROMPT_TOKENS: sum(len(g.prompt_token_ids) for g, _, _ in samples),
+        names.USAGE_SAMPLED_TOKENS: sum(
+            c.episode.sampled_tokens if c.episode is not None else len(c.token_ids)
+            for _, c, _ in samples
+        ),
+        names.USAGE_TRAINED_TOKENS: stats.trained_tokens,
+        # An episode whose environment failed is not graded (openrft.train.rollouts).
+        names.USAGE_GRADED: sum(c.finish_reason != "error" for _, c, _ in samples),
+        names.USAGE_JUDGE_PROMPT: int(sum(c.get(JUDGE_PROMPT_COMPONENT, 0) for c in components)),
+        names.USAGE_JUDGE_COMPLETION: int(
+            sum(c.get(JUDGE_COMPLETION_COMPONENT, 0) for c in components)
+        ),
+        names.USAGE_TOOL_CALLS: sum(e.tool_calls for e in episodes),
+    }

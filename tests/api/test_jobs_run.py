@@ -127,6 +127,13 @@ def test_metrics_rollouts_checkpoints_and_files_are_served(scenario):
     assert client.get(f"/api/jobs/{job_id}/files/report.md").text.startswith("#")
     assert client.get(f"/api/jobs/{job_id}/files/reward.png").content[:4] == b"\x89PNG"
     assert "worker started" in client.get(f"/api/jobs/{job_id}/files/worker.log").text
+    # What the job used: each step's usage/* counts summed, as summary.json has them.
+    usage = client.get(f"/api/jobs/{job_id}").json()["usage"]
+    steps = metrics["data"][1:]
+    assert usage["sampled_tokens"] == sum(m["usage/sampled_tokens"] for m in steps) > 0
+    assert usage["graded_samples"] == 3 * 2 * 4  # steps x prompts x samples
+    summary = client.get(f"/api/jobs/{job_id}/files/summary.json").json()
+    assert summary["usage"] == usage
 
 
 def test_the_sse_stream_delivers_each_step_then_end(scenario):

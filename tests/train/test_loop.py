@@ -57,6 +57,12 @@ def test_run_writes_every_output(tmp_path, tiny_model_dir):
     summary_file = json.loads((run_dir / "summary.json").read_text())
     assert summary_file["steps"] == 3 and summary_file["val_before"] == summary.val_before
     assert {"val_before", "val_after", "wall_s", "report"} <= set(summary_file)
+    usage = summary_file["usage"]  # each step's usage/* summed (openrft.metrics.usage)
+    for name in ("prompt_tokens", "sampled_tokens", "trained_tokens", "graded_samples"):
+        assert usage[name] == sum(m[f"usage/{name}"] for m in metrics[1:]) > 0, name
+    assert usage["graded_samples"] == 3 * 2 * 4  # steps x prompts x samples
+    assert usage["sampled_tokens"] <= 3 * 2 * 4 * 6  # at most max_new_tokens each
+    assert usage["judge_prompt_tokens"] == usage["tool_calls"] == 0
     report = (run_dir / "report.md").read_text()
     assert "reward.png" in report and (run_dir / "reward.png").stat().st_size > 1000
     assert (run_dir / "config.toml").exists()
