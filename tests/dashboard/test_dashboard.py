@@ -270,6 +270,10 @@ def test_job_page_shows_header_alerts_and_charts(page, service):
     page.goto(job_url(service, "short"))
     expect(page.locator("#job-status")).to_have_text("Completed")
     expect(page.locator(".substep")).to_have_count(3)
+    usage = service.http.get(f"/api/jobs/{service.jobs['short']['id']}").json()["usage"]
+    expect(page.locator("[data-fact='usage'] .fact-value")).to_have_text(
+        f"{usage['sampled_tokens']:,} / {usage['trained_tokens']:,}"
+    )
     # every train step is a point; validation at 0, 2, 4, 6
     expect(page.locator("[data-chart='reward'] path.series[data-name='mean']")).to_have_attribute(
         "data-points", str(SHORT_STEPS)

@@ -172,6 +172,12 @@ export function renderJob(root, jobId, tab) {
         fact("Val reward", num(latest["val/reward/mean"])),
         fact("Created", datetime(job.created_at)),
         fact("Running time", duration(job.started_at, job.ended_at)),
+        job.usage && job.usage.sampled_tokens !== undefined
+          ? fact("Tokens sampled / trained", usageText(job.usage), {
+              title: Object.entries(job.usage).map(([k, v]) => `${k}: ${v.toLocaleString()}`).join("\n"),
+              "data-fact": "usage",
+            })
+          : null,
         fact("Model", String(job.config?.model?.name ?? "–").split("/").filter(Boolean).pop() || "–", {
           title: job.config?.model?.name ?? "",
         }),
@@ -385,4 +391,13 @@ export function renderJob(root, jobId, tab) {
     grid?.destroy();
     rollouts?.dispose();
   };
+}
+
+/**
+ * "12,345 / 9,876": the tokens a job sampled and trained on so far (its `usage`).
+ * @param {Object<string, number>} usage
+ * @returns {string}
+ */
+function usageText(usage) {
+  return `${usage.sampled_tokens.toLocaleString()} / ${(usage.trained_tokens ?? 0).toLocaleString()}`;
 }
