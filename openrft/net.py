@@ -88,13 +88,21 @@ def url_of(sock: socket.socket) -> str:
 
 
 @contextlib.contextmanager
-def background(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def background(
+    app: Any, host: str = "127.0.0.1", port: int = 0, configure_logging: bool = True
+) -> Iterator[str]:
     """Runs an ASGI `app` with uvicorn in a daemon thread; yields its base URL; stops it on
-    exit (for tests and in-process hosts)."""
+    exit (for tests and in-process hosts). `configure_logging=False` leaves the process's
+    `uvicorn.*` loggers alone (a host inside a server that logs with them)."""
     import uvicorn  # only the hosts need it
 
+    class Config(uvicorn.Config):
+        def configure_logging(self) -> None:
+            if configure_logging:
+                super().configure_logging()
+
     sock = listen_socket(host, port)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+    config = Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -23,14 +23,11 @@ import contextlib
 import json
 import logging
 import re
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
-import uvicorn
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
@@ -38,10 +35,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from openrft.api.s3 import AWS, describe
-from openrft.errors import ConfigError, GraderError
+from openrft.errors import ConfigError
 from openrft.jobs.model import JobStatus
 from openrft.jobs.service import JobService
-from openrft.net import url_of
+from openrft.net import background
 from openrft.rewards import lambda_host
 
 log = logging.getLogger(__name__)
@@ -147,33 +144,13 @@ def host_app(handlers: Mapping[str, str], invoker: LambdaInvoker | None) -> Fast
     return app
 
 
-class _SharedLoggingConfig(uvicorn.Config):
-    """uvicorn's config minus its logging setup, which would reset the levels of the
-    process-wide `uvicorn.*` loggers the job server itself logs with."""
-
-    def configure_logging(self) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def loopback(app: FastAPI) -> Iterator[str]:
-    """Serves `app` on a free 127.0.0.1 port in a daemon thread; yields its base URL."""
-    sock = lambda_host.bind("127.0.0.1", 0)
-    config = _SharedLoggingConfig(app, lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise GraderError(f"the Lambda host did not start on {url_of(sock)}")
-            time.sleep(0.01)
-        yield url_of(sock).rstrip("/")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
+    """Serves `app` on a free 127.0.0.1 port in a daemon thread; yields its base URL, no
+    trailing slash (uvicorn's logging setup left out: it would reset the levels of the
+    process-wide `uvicorn.*` loggers the job server itself logs with)."""
+    with background(app, configure_logging=False) as url:
+        yield url.rstrip("/")
 
 
 class LambdaFunctions:
