@@ -27,7 +27,7 @@ import jsonschema
 from openrft.rewards.exact_label import ExactLabelGrader
 from openrft.rewards.grader import Grader, clip_message, grade_safely, is_thread_safe
 from openrft.rewards.math_answer import MathAnswerGrader
-from openrft.rewards.python_function import PythonFunctionGrader
+from openrft.rewards.python_function import ISOLATIONS, PythonFunctionGrader
 from openrft.rewards.spec import SpecContext, check_fields, get_choice, get_field
 from openrft.types import Grade, Sample
 
@@ -49,14 +49,15 @@ def math_from_spec(spec: Mapping[str, Any], ctx: SpecContext) -> Grader:
 
 
 def python_function_from_spec(spec: Mapping[str, Any], ctx: SpecContext) -> Grader:
-    check_fields(spec, {"type", "name", "function", "timeout_s"}, ctx)
+    check_fields(spec, {"type", "name", "function", "timeout_s", "isolation"}, ctx)
     reference = get_field(spec, "function", str, ctx)
     target, _, attr = reference.rpartition(":")
     if target.endswith(".py"):
         target = str(Path(target).expanduser())
         reference = f"{ctx.base_dir / target}:{attr}"  # relative to the grader file
     timeout_s = get_field(spec, "timeout_s", float, ctx, ctx.timeout_s)
-    grader = PythonFunctionGrader(reference, timeout_s=timeout_s)
+    isolation = get_choice(spec, "isolation", ISOLATIONS, ctx, "process")
+    grader = PythonFunctionGrader(reference, timeout_s=timeout_s, isolation=isolation)
     return _named(grader, get_field(spec, "name", str, ctx, grader.name))
 
 

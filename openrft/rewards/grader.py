@@ -102,9 +102,14 @@ class BatchTimeout:
     """A grader whose `grade` call gets at most `timeout_s` of wall-clock time per batch.
 
     The inner call runs in a daemon thread; past the limit every sample of the batch is a
-    `timeout` error and the call is abandoned (Python cannot kill a thread, so it finishes
-    in the background and its result is dropped). Per-sample and per-request limits of the
-    graders themselves still apply inside; this bounds the whole step's grading."""
+    `timeout` error. An inner grader with an `interrupt()` method (a Python reward function)
+    is then told to stop: it kills the worker process running the call and starts no further
+    sample, and the thread ends within a moment. Any other inner call is abandoned (Python
+    cannot kill a thread, so it finishes in the background and its result is dropped).
+    Per-sample and per-request limits of the graders themselves still apply inside; this
+    bounds the whole step's grading."""
+
+    STOP_WAIT_S = 2.0  # how long an interrupted call gets to return before it is abandoned
 
     def __init__(self, grader: Grader, timeout_s: float):
         self.inner, self.timeout_s = grader, timeout_s
@@ -129,12 +134,25 @@ class BatchTimeout:
             raise failure[0]
         if not outcome:
             latency = (time.perf_counter() - started) / max(1, len(samples))
+            self._stop(thread)
             message = (
                 f"grader {self.name!r} did not finish a batch of {len(samples)} samples within "
                 f"reward.batch_timeout_s = {self.timeout_s:g} s"
             )
             return [Grade.failed("timeout", message, latency) for _ in samples]
         return outcome[0]
+
+    def close(self) -> None:
+        """Closes the inner grader, when it has anything to close (worker processes)."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+    def _stop(self, thread: threading.Thread) -> None:
+        interrupt = getattr(self.inner, "interrupt", None)
+        if callable(interrupt):
+            interrupt()
+            thread.join(self.STOP_WAIT_S)
 
 
 def is_thread_safe(grader: Grader) -> bool:

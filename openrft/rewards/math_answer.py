@@ -7,13 +7,15 @@ comparison with `fractions.Fraction`, so 18 == 18.00 == 36/2 with no float toler
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
+from openrft.rewards.worker_pool import WorkerPool
 from openrft.types import Grade, Sample
 
 _UNSIGNED = r"(?:[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?|\.[0-9]+)"
@@ -151,6 +153,7 @@ def answers_match(answer: str, reference: str) -> bool:
 
 
 SYMBOLIC_MAX_CHARS = 1000  # longer answers are not handed to sympy (it can take minutes)
+SYMBOLIC_WORKERS = 2  # math-verify worker processes at most, shared by every math grader
 
 
 class MathAnswerGrader:
@@ -223,22 +226,48 @@ def _reference_answers(sample: Sample) -> tuple[list[str], str]:
 def symbolic_match(answer: str, reference: str, timeout_s: float) -> tuple[bool, bool]:
     """(equivalent, timed_out) by math-verify (sympy), e.g. \\frac{1}{2} == 0.5, x+1 == 1+x.
 
-    math-verify's own timeout uses SIGALRM, which only works on the main thread, so the check
-    runs in a daemon thread joined with `timeout_s` instead.
+    The check runs in a worker process of a pool shared by this process, killed (and
+    replaced) when it overruns `timeout_s`: sympy can spin for hours in C code that holds the
+    GIL (`2^{2^{2^{2^{2^{2}}}}}`), so neither math-verify's SIGALRM nor a thread can stop it.
+    A worker that crashes counts as "not equivalent".
     """
-    outcome: list[bool] = []
+    [outcome] = _symbolic_pool().map([(answer, reference)], timeout_s)
+    if outcome.status == "timeout":
+        return False, True
+    return outcome.status == "ok" and outcome.value is True, False
 
-    def check() -> None:
-        from math_verify import parse, verify  # sympy is slow to import: only when needed
 
+def symbolic_setup() -> tuple[Callable[[tuple[str, str]], bool], None]:
+    """Runs in a math-verify worker (see WorkerPool): imports sympy once, returns the check."""
+    from math_verify import parse, verify  # sympy is slow to import: workers only
+
+    # Its "Timeout is disabled" warning, once per worker: the timeout is ours (the kill).
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+    def check(request: tuple[str, str]) -> bool:
+        answer, reference = request
         try:
             gold = parse(f"${reference}$", parsing_timeout=None)
             target = parse(f"${answer}$", parsing_timeout=None)
-            outcome.append(bool(gold and target and verify(gold, target, timeout_seconds=None)))
+            return bool(gold and target and verify(gold, target, timeout_seconds=None))
         except Exception:  # noqa: BLE001 - unparsable input is simply not equivalent
-            outcome.append(False)
+            return False
 
-    thread = threading.Thread(target=check, name="math-verify", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return (outcome[0], False) if outcome else (False, True)
+    return check, None
+
+
+_symbolic_workers: WorkerPool | None = None
+_symbolic_lock = threading.Lock()
+
+
+def _symbolic_pool() -> WorkerPool:
+    """The process-wide math-verify pool, started on first use (its workers boot lazily)."""
+    global _symbolic_workers
+    with _symbolic_lock:
+        if _symbolic_workers is None:
+            _symbolic_workers = WorkerPool(
+                "openrft.rewards.math_answer:symbolic_setup",
+                size=SYMBOLIC_WORKERS,
+                name="math-verify",
+            )
+        return _symbolic_workers

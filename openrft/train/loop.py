@@ -98,6 +98,8 @@ def train(
                 build_grader(config.reward.grader, config.reward.timeout_s),
                 config.reward.batch_timeout_s,
             )
+            if hasattr(grader, "close"):  # a user function's worker processes
+                workers.callback(grader.close)
         else:
             run.status("loading", f"starting {config.cluster.reward_workers} grader workers")
             grader = RayGraderPool(config, ray)

@@ -15,6 +15,12 @@ from openrft.types import Grade
 from ._samples import make_sample
 
 
+@pytest.fixture(params=["process", "thread"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    """Both ways of running the function: a worker process (the default) and a thread."""
+    return request.param
+
+
 def write_reward(folder: Path, source: str, filename: str = "reward.py") -> Path:
     path = folder / filename
     path.write_text(textwrap.dedent(source))
@@ -53,9 +59,10 @@ def test_return_values_and_exceptions(
     components: dict[str, float],
     kind: str | None,
     fragment: str,
+    isolation: str,
 ) -> None:
     path = write_reward(tmp_path, f"def reward(response, item):\n    {body}\n")
-    grader = PythonFunctionGrader(f"{path}:reward")
+    grader = PythonFunctionGrader(f"{path}:reward", isolation=isolation)
     assert grader.name == "reward"
     [grade] = grader.grade([make_sample("yes", reference="yes")])
     assert grade.score == score
@@ -101,7 +108,7 @@ def test_item_holds_every_dataset_field(tmp_path: Path) -> None:
     assert grade == Grade(1.0, {"correct": 1.0}, latency_s=grade.latency_s)
 
 
-def test_a_slow_call_times_out_alone(tmp_path: Path) -> None:
+def test_a_slow_call_times_out_alone(tmp_path: Path, isolation: str) -> None:
     path = write_reward(
         tmp_path,
         """
@@ -113,7 +120,7 @@ def test_a_slow_call_times_out_alone(tmp_path: Path) -> None:
             return len(response)
         """,
     )
-    grader = PythonFunctionGrader(f"{path}:reward", timeout_s=0.5)
+    grader = PythonFunctionGrader(f"{path}:reward", timeout_s=0.5, isolation=isolation)
     samples = [make_sample(text, index=i) for i, text in enumerate(["ab", "slow", "abcd"])]
     start = time.perf_counter()
     grades = grader.grade(samples)
@@ -124,7 +131,7 @@ def test_a_slow_call_times_out_alone(tmp_path: Path) -> None:
     assert 0.45 <= grades[1].latency_s < 1.5
 
 
-def test_async_functions_are_awaited(tmp_path: Path) -> None:
+def test_async_functions_are_awaited(tmp_path: Path, isolation: str) -> None:
     path = write_reward(
         tmp_path,
         """
@@ -139,7 +146,7 @@ def test_async_functions_are_awaited(tmp_path: Path) -> None:
             return {"score": 1.0, "chars": len(response)}
         """,
     )
-    grader = PythonFunctionGrader(f"{path}:reward", timeout_s=0.5)
+    grader = PythonFunctionGrader(f"{path}:reward", timeout_s=0.5, isolation=isolation)
     grades = grader.grade([make_sample(r, index=i) for i, r in enumerate(["ok", "boom", "slow"])])
     assert grades[0].score == 1.0 and dict(grades[0].components) == {"score": 1.0, "chars": 2.0}
     assert grades[1].error is not None and grades[1].error.kind == "runtime_error"
@@ -269,10 +276,11 @@ def test_batch_form_is_called_once_per_batch(tmp_path: Path) -> None:
     path = write_reward(
         tmp_path,
         """
-        CALLS = []
+        from pathlib import Path
 
-        def reward(responses, items):
-            CALLS.append(len(responses))
+        def reward(responses, items):  # logs each call's batch size: it runs in a worker
+            with Path(__file__).with_name("calls.log").open("a") as log:
+                log.write(f"{len(responses)},")
             best = max(len(r) for r in responses)
             return [{"longest": float(len(r) == best), "matches": float(r == i["reference_answer"])}
                     for r, i in zip(responses, items)]
@@ -293,7 +301,7 @@ def test_batch_form_is_called_once_per_batch(tmp_path: Path) -> None:
         {"longest": 0.0, "matches": 1.0},
         {"longest": 1.0, "matches": 0.0},
     ]
-    assert grader.fn.__globals__["CALLS"] == [2]
+    assert (tmp_path / "calls.log").read_text() == "2,"
     openai_batch = PythonFunctionGrader(f"{path}:grade")
     assert (openai_batch.form, openai_batch.batched) == ("openai", True)
     assert [g.score for g in openai_batch.grade(samples)] == [1.0, 0.0]
@@ -309,9 +317,11 @@ def test_batch_form_is_called_once_per_batch(tmp_path: Path) -> None:
         ("raise RuntimeError('judge down')", "runtime_error", "RuntimeError: judge down"),
     ],
 )
-def test_a_bad_batch_result_fails_the_batch(tmp_path: Path, body, kind, fragment) -> None:
+def test_a_bad_batch_result_fails_the_batch(
+    tmp_path: Path, body, kind, fragment, isolation: str
+) -> None:
     path = write_reward(tmp_path, f"def reward(responses, items):\n    {body}\n")
-    grades = PythonFunctionGrader(f"{path}:reward").grade(
+    grades = PythonFunctionGrader(f"{path}:reward", isolation=isolation).grade(
         [make_sample("a"), make_sample("b", index=1)]
     )
     if kind is None:  # a per-sample NaN fails that sample only
@@ -321,12 +331,12 @@ def test_a_bad_batch_result_fails_the_batch(tmp_path: Path, body, kind, fragment
     assert fragment in grades[0].error.message
 
 
-def test_a_hanging_batch_times_out_with_the_batch_budget(tmp_path: Path) -> None:
+def test_a_hanging_batch_times_out_with_the_batch_budget(tmp_path: Path, isolation: str) -> None:
     path = write_reward(
         tmp_path, "import time\ndef reward(responses, items):\n    time.sleep(30)\n"
     )
     started = time.monotonic()
-    grades = PythonFunctionGrader(f"{path}:reward", timeout_s=0.2).grade(
+    grades = PythonFunctionGrader(f"{path}:reward", timeout_s=0.2, isolation=isolation).grade(
         [make_sample("a"), make_sample("b", index=1)]
     )
     assert time.monotonic() - started < 10
