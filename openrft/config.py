@@ -222,6 +222,12 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    backends: tuple[str, ...] = ()  # experiment trackers: any of tensorboard, mlflow, wandb
+    project: str = "openrft"  # the MLflow experiment and W&B project the run is logged under
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str = "openrft-run"  # run name, used for the default output directory
     output_dir: str = "runs"  # where `train` creates RUN_DIR when --output is not given
@@ -237,7 +243,11 @@ class JobConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+
+# tracking.backends' names (openrft.metrics.trackers opens them).
+TRACKING_BACKENDS = ("tensorboard", "mlflow", "wandb")
 
 # Allowed ranges (inclusive) by dotted field name; checked after every load.
 RANGES: dict[str, tuple[float, float]] = {
@@ -438,6 +448,9 @@ def validate(config: JobConfig) -> None:
         )
     if not config.checkpoint.best_metric:
         raise ConfigError("checkpoint.best_metric", "must name a metric, e.g. val/reward/mean")
+    unknown = sorted(set(config.tracking.backends) - set(TRACKING_BACKENDS))
+    if unknown:
+        raise ConfigError("tracking.backends", f"{unknown}: choose from {list(TRACKING_BACKENDS)}")
 
 
 def get_field(config: Any, dotted: str) -> Any:

@@ -24,6 +24,7 @@ from openrft.api import agents, bedrock, bedrock_models, native, openai_compat
 from openrft.api.auth import ensure_token, require_token
 from openrft.api.errors import install_error_handlers
 from openrft.api.sigv4 import DEFAULT_ACCESS_KEY_ID
+from openrft.api.uploads import DEFAULT_MAX_UPLOAD_MB, UploadLimit
 from openrft.jobs.service import DataDir, JobService
 
 log = logging.getLogger("openrft.api")
@@ -35,10 +36,12 @@ def create_app(
     start_runner: bool = True,
     poll_s: float = 0.5,
     aws_access_key_id: str = DEFAULT_ACCESS_KEY_ID,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 ) -> FastAPI:
     """The app over DATA_DIR (created if need be). With `start_runner=False` jobs are stored
     and answered for but never started (for tools and tests of the API alone). AWS SDKs sign
-    with `aws_access_key_id` and the token as the secret access key (docs/aws.md)."""
+    with `aws_access_key_id` and the token as the secret access key (docs/aws.md). Uploads
+    over `max_upload_mb` are refused with 413 (openrft.api.uploads)."""
     layout = DataDir(Path(data_dir).expanduser().resolve())
     service = JobService(layout, concurrency, poll_s)
 
@@ -67,6 +70,7 @@ def create_app(
     app.state.token = ensure_token(layout.token)
     app.state.aws_access_key_id = aws_access_key_id
     install_error_handlers(app)
+    app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * (1 << 20)))
 
     @app.get("/health", tags=["native"])
     def health() -> dict[str, str]:

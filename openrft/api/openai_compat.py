@@ -22,10 +22,11 @@ from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from openrft.api.openai_results import job_results
+from openrft.api.uploads import upload_status, validate_upload
 from openrft.api.views import service_of
 from openrft.errors import ConfigError, RFTError
 from openrft.jobs import runfiles
-from openrft.jobs.model import Job, JobConflict, JobStatus
+from openrft.jobs.model import FileRecord, Job, JobConflict, JobStatus
 from openrft.jobs.service import JobService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -56,7 +57,8 @@ REINFORCEMENT_FIELDS = ("grader", "hyperparameters", "tools", "max_episode_steps
 # -- files ---------------------------------------------------------------------------------
 
 
-def file_object(record: Any) -> dict[str, Any]:
+def file_object(record: FileRecord, service: JobService) -> dict[str, Any]:
+    status, details = upload_status(service, record.id)
     return {
         "id": record.id,
         "object": "file",
@@ -64,8 +66,8 @@ def file_object(record: Any) -> dict[str, Any]:
         "created_at": int(record.created_at),
         "filename": record.filename,
         "purpose": record.purpose,
-        "status": "processed",
-        "status_details": None,
+        "status": status,
+        "status_details": details,
     }
 
 
@@ -75,19 +77,23 @@ def upload_file(
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()] = "fine-tune",
 ) -> dict[str, Any]:
-    record = service_of(request).save_upload(file.filename or "upload", file.file, purpose)
-    return file_object(record)
+    service = service_of(request)
+    record = service.save_upload(file.filename or "upload", file.file, purpose)
+    validate_upload(service, record)  # as OpenAI does: status "processed" or "error"
+    return file_object(record, service)
 
 
 @router.get("/files")
 def list_files(request: Request) -> dict[str, Any]:
-    records = service_of(request).store.list_files()
-    return {"object": "list", "data": [file_object(r) for r in records], "has_more": False}
+    service = service_of(request)
+    data = [file_object(r, service) for r in service.store.list_files()]
+    return {"object": "list", "data": data, "has_more": False}
 
 
 @router.get("/files/{file_id}")
 def get_file(request: Request, file_id: str) -> dict[str, Any]:
-    return file_object(service_of(request).store.get_file(file_id))
+    service = service_of(request)
+    return file_object(service.store.get_file(file_id), service)
 
 
 @router.get("/files/{file_id}/content")

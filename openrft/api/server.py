@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from openrft.api.app import create_app
 from openrft.api.aws import AwsSettings, attach
 from openrft.api.sigv4 import DEFAULT_ACCESS_KEY_ID
+from openrft.api.uploads import DEFAULT_MAX_UPLOAD_MB
 from openrft.jobs.model import JobError
 from openrft.jobs.service import DataDir, default_data_dir
 from openrft.net import listen_socket
@@ -75,13 +76,17 @@ def serve(
     concurrency: int = 1,
     aws_access_key_id: str = DEFAULT_ACCESS_KEY_ID,
     aws: AwsSettings | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 ) -> None:
-    """`aws`: the S3 endpoint and Lambda functions of the Bedrock-compatible API."""
+    """`aws`: the S3 endpoint and Lambda functions of the Bedrock-compatible API;
+    `max_upload_mb`: larger uploads are refused with 413."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     layout = DataDir(Path(data_dir or default_data_dir()).expanduser().resolve())
     sock = bind(host, port)
     url = server_url(host, sock.getsockname()[1])
-    app = create_app(layout.root, concurrency, aws_access_key_id=aws_access_key_id)
+    app = create_app(
+        layout.root, concurrency, aws_access_key_id=aws_access_key_id, max_upload_mb=max_upload_mb
+    )
     aws = aws or AwsSettings()
     attach(app, aws)
     server = make_server(app)

@@ -1,6 +1,7 @@
 """`openrft server` (the job service) and `openrft jobs ...` (its command-line client).
 
 openrft server [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--concurrency N]
+               [--max-upload-mb 512]
                [--s3-endpoint-url URL] [--lambda NAME=FILE ...] [--lambda-endpoint-url URL]
 openrft jobs create CONFIG [--name NAME] [--set section.key=value ...]
 openrft jobs list [--status STATUS] | get ID | stop ID | resume ID | delete ID
@@ -27,6 +28,9 @@ def add_commands(commands: Any) -> None:
     server.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     server.add_argument("--data-dir", help="jobs, files and the token (default ~/.openrft)")
     server.add_argument("--concurrency", type=int, default=1, help="jobs running at once")
+    server.add_argument(
+        "--max-upload-mb", type=float, default=512, help="refuse larger uploads with 413"
+    )
     aws = server.add_argument_group(
         "AWS (Bedrock-compatible API; credentials: AWS_ACCESS_KEY_ID/..., AWS_PROFILE)"
     )
@@ -90,6 +94,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from openrft.api import serve
     from openrft.api.aws import AwsSettings
     from openrft.api.bedrock_lambda import parse_registration
+    from openrft.errors import RFTError
 
     data_dir = Path(args.data_dir) if args.data_dir else None
     aws = AwsSettings(
@@ -97,7 +102,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         lambda_endpoint_url=args.lambda_endpoint_url,
         lambdas=dict(parse_registration(text) for text in args.lambdas),
     )
-    serve(args.host, args.port, data_dir, args.concurrency, aws=aws)
+    if args.max_upload_mb <= 0:
+        raise RFTError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    serve(
+        args.host, args.port, data_dir, args.concurrency, aws=aws, max_upload_mb=args.max_upload_mb
+    )
     return 0
 
 

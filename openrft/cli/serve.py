@@ -4,6 +4,7 @@
 
 openrft serve --model M [--adapter RUN_DIR/final] [--host H] [--port P] [--dtype D]
               [--log-invocations FILE.jsonl] [--max-batch N]
+              [--api-key KEY | --api-key-file PATH]   (or $OPENRFT_SERVE_API_KEY)
 openrft env serve FILE.py[:make_env]|builtin:NAME [--host H] [--port P] [--max-episodes N]
               [--idle-timeout S]
 """
@@ -30,6 +31,10 @@ def add_commands(commands: Any) -> None:
     serve.add_argument(
         "--max-batch", type=int, default=16, help="concurrent prompts decoded together at most"
     )
+    serve.add_argument(
+        "--api-key", help="require Authorization: Bearer KEY (default: $OPENRFT_SERVE_API_KEY)"
+    )
+    serve.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file")
     serve.set_defaults(handler=cmd_serve)
 
     env_parser = commands.add_parser("env", help="host an environment for jobs on other machines")
@@ -48,6 +53,7 @@ def add_commands(commands: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from openrft.serve import serve
+    from openrft.serve.auth import resolve_key
 
     if args.max_batch < 1:
         raise RFTError(f"--max-batch must be at least 1, got {args.max_batch}")
@@ -59,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         log_path=args.log_invocations,
         max_batch=args.max_batch,
+        api_key=resolve_key(args.api_key, args.api_key_file),
     )
     return 0
 

@@ -10,7 +10,8 @@ runs in a worker thread, one batch at a time, so the event loop keeps answering;
 requests that sample alike are batched together (openrft.serve.batching). With `log_path`,
 every request is logged as a JSON line (openrft.serve.invocations). Run it with `serve(...)`,
 or mount `create_app(...)` in any ASGI server. Bad requests get 400 with an OpenAI-style error
-object (Bedrock's error shape on the Bedrock routes).
+object (Bedrock's error shape on the Bedrock routes). With an API key, every route but /health
+needs it (openrft.serve.auth).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from peft import PeftModel
 from starlette.exceptions import HTTPException
@@ -43,6 +44,7 @@ from openrft.rollout.openai_chat import (
     stream_chunks,
 )
 from openrft.rollout.tool_calls import ToolCallParser
+from openrft.serve.auth import ApiKeyAuth, check_bind
 from openrft.serve.batching import Batcher
 from openrft.serve.bedrock_runtime import add_bedrock_routes
 from openrft.serve.chat_service import ChatService
@@ -127,17 +129,27 @@ def create_app(
     device: str = "auto",
     log_path: str | None = None,
     max_batch: int = MAX_N,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The server for `model_name` (+ `adapter`); the model loads now, not on first request.
     `log_path`: append every request to this JSONL invocation log. `max_batch`: prompts that
-    may be decoded together."""
+    may be decoded together. `api_key`: required on every route but /health (None: open)."""
     chat = load_chat_model(model_name, adapter, dtype, device)
-    return build_app(chat, InvocationLog(log_path) if log_path else None, max_batch)
+    auth = ApiKeyAuth(api_key) if api_key else None
+    return build_app(chat, InvocationLog(log_path) if log_path else None, max_batch, auth)
 
 
-def build_app(chat: ChatModel, log: InvocationLog | None = None, max_batch: int = MAX_N) -> FastAPI:
-    """The FastAPI app over an already loaded model."""
-    app = FastAPI(title="openrft serve", docs_url=None, redoc_url=None)
+def build_app(
+    chat: ChatModel,
+    log: InvocationLog | None = None,
+    max_batch: int = MAX_N,
+    auth: ApiKeyAuth | None = None,
+) -> FastAPI:
+    """The FastAPI app over an already loaded model; `auth` checks every request (None: open)."""
+    # A dependency, not a middleware: SigV4 hashes the body, which the route then reads from
+    # the same Request's cache.
+    dependencies = [Depends(auth)] if auth else None
+    app = FastAPI(title="openrft serve", docs_url=None, redoc_url=None, dependencies=dependencies)
     # One batch at a time: the model and engine are not shared-safe.
     batcher = Batcher(chat.generate_batch, max_batch)
     app.state.batcher = batcher
@@ -190,15 +202,21 @@ def serve(
     device: str = "auto",
     log_path: str | None = None,
     max_batch: int = MAX_N,
+    api_key: str | None = None,
 ) -> None:
-    """Loads the model and serves it until interrupted (Ctrl-C)."""
-    app = create_app(model, adapter, dtype, device, log_path, max_batch)
+    """Loads the model and serves it until interrupted (Ctrl-C); `api_key`: see create_app."""
+    check_bind(host, api_key)  # before the model loads: fail fast
+    app = create_app(model, adapter, dtype, device, log_path, max_batch, api_key)
     print(f"openrft: serving {model} at http://{host}:{port}/v1", flush=True)
     print(
         f"openrft: Bedrock Runtime at endpoint_url=http://{host}:{port}, "
         f"modelId={app.state.model_id!r}",
         flush=True,
     )
+    if api_key:
+        print("openrft: API key required (Bearer KEY; SigV4: access key id openrft)", flush=True)
+    else:
+        print("openrft: unauthenticated: any local user can call it (--api-key)", flush=True)
     if log_path:
         print(f"openrft: logging invocations to {log_path}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -8,8 +8,9 @@ at the server with `endpoint_url`) evaluates the served model as a Bedrock user 
 `modelId` is the served model's id as GET /v1/models lists it; another id is a
 ResourceNotFoundException. Errors are Bedrock's: `{"message": ...}` with the error code in
 x-amzn-ErrorType, which botocore raises as ClientError. boto3 signs every request (SigV4);
-the signature is not checked, as this server has no auth. Like the OpenAI endpoint's stream,
-ConverseStream's events are sent once generation has finished: one text delta per token.
+the signature is checked when the server has an API key (openrft.serve.auth). Like the OpenAI
+endpoint's stream, ConverseStream's events are sent once generation has finished: one text
+delta per token.
 """
 
 from __future__ import annotations

@@ -28,10 +28,11 @@ from typing import Any, Protocol
 
 import torch
 
-from openrft.config import CheckpointConfig, JobConfig, dump_config
+from openrft.config import CheckpointConfig, JobConfig, config_to_dict, dump_config
 from openrft.errors import CheckpointError, ConfigError
 from openrft.metrics import names
 from openrft.metrics.report import RL_PLOTS, SFT_PLOTS, Plot, write_report
+from openrft.metrics.trackers import Trackers, check_backends, open_trackers
 from openrft.metrics.usage import usage_totals
 from openrft.metrics.writer import JsonlLog, read_jsonl
 from openrft.train.checkpoint import (
@@ -123,6 +124,8 @@ class Run:
         self.notes: dict[str, Any] = {}  # extra facts for summary.json (the fast paths used)
         self.stop_reason = ""
         self.total = 0  # steps of the whole run, known once restore() has the data
+        check_backends(config.tracking.backends)  # a missing package fails before any work
+        self.trackers = Trackers({})  # opened by restore(), once the resumed step is known
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, run_dir / "config.toml")
         set_threads(config.train.threads)
@@ -153,10 +156,20 @@ class Run:
             name: JsonlLog(self.run_dir / f"{name}.jsonl", keep_through_step=keep_through)
             for name in ("metrics", *self.kind.logs)
         }
+        tracking = self.config.tracking
+        self.trackers = open_trackers(
+            tracking.backends,
+            self.run_dir,
+            self.config.name,
+            tracking.project,
+            config_to_dict(self.config),
+            self.position.step,
+        )
 
     def log_start(self, record: dict[str, Any]) -> None:
         """Step 0: the starting model's validation."""
         self.logs["metrics"].write({names.STEP: 0, names.EPOCH: 0.0, **record})
+        self.trackers.log_metrics(0, {names.EPOCH: 0.0, **record})
         self.position = replace(self.position, val_before=record.get(self.kind.metric))
         self._track_best(0, record)
 
@@ -191,6 +204,7 @@ class Run:
     ) -> None:
         """Log the step, track the best metric, checkpoint when due, show progress."""
         self.logs["metrics"].write(record)
+        self.trackers.log_metrics(step, {k: v for k, v in record.items() if k != names.STEP})
         for line in rollouts:
             self.logs["rollouts"].write(line)
         if self.validates(step):
@@ -286,6 +300,7 @@ class Run:
         write_report(
             self.run_dir, asdict(summary), self.kind.plots, self.kind.label, listing, self.notes
         )
+        self._close_trackers()
         usage = usage_totals(read_jsonl(self.run_dir / "metrics.jsonl"))
         document = {
             **asdict(summary),
@@ -297,6 +312,15 @@ class Run:
         (self.run_dir / "summary.json").write_text(json.dumps(document, indent=2))
         self.status(status)
         return summary
+
+    def _close_trackers(self) -> None:
+        """Send the report's plots and close the trackers; those a failure disabled are
+        noted in summary.json."""
+        pngs = [self.run_dir / plot[0] for plot in self.kind.plots]
+        self.trackers.log_images([p for p in pngs if p.exists()])
+        self.trackers.close()
+        if self.trackers.disabled:
+            self.notes["trackers_disabled"] = dict(self.trackers.disabled)
 
     def _last_validation(self) -> float | None:
         """The run's validation metric at its last validation (val_before if none since)."""
