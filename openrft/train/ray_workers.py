@@ -25,6 +25,7 @@ Ray is optional (`pip install -e '.[ray]'`); nothing here imports it before a jo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -163,6 +164,11 @@ class RayGraderPool:
             except ray.exceptions.GetTimeoutError:
                 ray.kill(actor, no_restart=False)  # stops the work: the process is killed
                 self._restarted()
+                # Back in the pool only once restarted (its grader built again), so the next
+                # call's deadline counts grading, not the restart.
+                gone = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
+                with contextlib.suppress(*gone):  # a later call reports a dead actor itself
+                    wait_restarted(ray, actor, self.restart_timeout_s)
                 return failed(
                     "timeout",
                     f"grader {self.name!r} did not finish a batch of {len(samples)} within "
