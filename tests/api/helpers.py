@@ -150,3 +150,15 @@ def serve_dir(data_dir: Path, concurrency: int = 1, start_runner: bool = True) -
     thread = ServerThread(app).start()
     token = app.state.token
     return Served(thread.url, token, data_dir, api_client(thread.url, token), thread)
+
+
+def clean_aws_environment(monkeypatch: Any, tmp_path: Path) -> None:
+    """Keep the developer's AWS setup out of a boto3 test: no profile, config file, session
+    or bearer token (boto3 would send that bearer token, and only over https)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL_BEDROCK", "AWS_DEFAULT_REGION", "AWS_REGION"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from openrft.api import ServerThread, create_app
 
-from .helpers import REWARD_FILE, Served, write_dataset
+from .helpers import REWARD_FILE, Served, clean_aws_environment, write_dataset
 
 DOCS = Path(__file__).parents[2] / "docs" / "aws.md"
 RFT = "REINFORCEMENT_FINE_TUNING"
@@ -33,13 +33,7 @@ NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"})
 def aws_environment(monkeypatch, tmp_path) -> None:
     """Keep the developer's AWS setup out: no profile, config file, session or bearer token
     (boto3 would send that bearer token, and only over https)."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_BEDROCK", "AWS_DEFAULT_REGION", "AWS_REGION"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    clean_aws_environment(monkeypatch, tmp_path)
 
 
 def bedrock(url: str, secret: str, key_id: str = "openrft", **config: Any) -> Any:

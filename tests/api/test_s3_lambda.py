@@ -35,7 +35,7 @@ from openrft.jobs.model import Job, JobStatus
 from openrft.net import background
 from openrft.rewards import lambda_host
 
-from .helpers import Served, api_client, write_dataset
+from .helpers import Served, api_client, clean_aws_environment, write_dataset
 from .test_boto3 import bedrock, error_of
 
 RFT = "REINFORCEMENT_FINE_TUNING"
@@ -76,13 +76,7 @@ def s3_url(aws_environment) -> Iterator[str]:
 @pytest.fixture
 def aws_environment(monkeypatch, tmp_path) -> Any:
     """test_boto3's clean AWS environment, and the monkeypatch to add to it."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_BEDROCK", "AWS_DEFAULT_REGION", "AWS_REGION"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    clean_aws_environment(monkeypatch, tmp_path)
     return monkeypatch
 
 
