@@ -2,14 +2,17 @@
 scheduler state, RNG states, the training position (with the best-metric bookkeeping), the
 validation metric at that step, and the resolved config.
 
-A checkpoint is written to a temporary folder and renamed into place, so a killed process
-never leaves a half-written `step-N`. `prune_checkpoints` keeps the last `keep_last` and the
-`keep_best` best by the run's metric.
+A checkpoint is written to a temporary folder, flushed to disk and renamed into place, so a
+killed process never leaves a half-written `step-N`; `checksums.json` holds the SHA-256 of
+every file in it, so one damaged later (a truncated copy, a bad disk) is found at resume
+(`checkpoint_problem`) and the run resumes from the one before. `prune_checkpoints` keeps the
+last `keep_last` and the `keep_best` best by the run's metric.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -72,9 +75,52 @@ def save_checkpoint(
     state = {**asdict(position), "metric": metric}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     dump_config(config, tmp / "config.toml")
+    sums = {name: _sha256(tmp / name) for name in _files(tmp)}  # each file flushed to disk
+    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
+    _flush(tmp / CHECKSUMS)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
+
+
+CHECKSUMS = "checksums.json"
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted (a file missing, truncated or changed
+    since it was saved), or None. A checkpoint from before checksums has none to check."""
+    try:
+        expected = json.loads((path / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return f"{CHECKSUMS} is unreadable: {exc}"
+    for name, digest in sorted(expected.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if _sha256(file, flush=False) != digest:
+            return f"{name} does not match its checksum (truncated or changed)"
+    return None
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+def _sha256(path: Path, flush: bool = True) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        if flush:
+            os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def _flush(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -27,7 +27,6 @@ from openrft.rewards import Grader, build_grader
 from openrft.rewards.grader import with_batch_timeout
 from openrft.rollout.engine import RolloutEngine
 from openrft.rollout.hf_engine import end_of_turn_ids
-from openrft.train.checkpoint import list_checkpoints
 from openrft.train.data_parallel import (
     DataParallel,
     init_data_parallel,
@@ -152,8 +151,7 @@ def run_steps(
     run.restore(policy, optimizer, scheduler, steps)
     update = update_policy
     if data_parallel is not None:  # the other ranks update on their shards of each batch
-        checkpoint = list_checkpoints(run.run_dir)[-1] if run.position.step else None
-        share_setup(data_parallel, policy, steps, forward, checkpoint)
+        share_setup(data_parallel, policy, steps, forward, run.restored_from)
         update = partial(lead_update, data_parallel=data_parallel)
     engine.sync_weights(policy.model, run.position.step)  # a copy holds the pre-restore weights
     if run.position.step == 0:

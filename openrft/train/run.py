@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +39,7 @@ from openrft.metrics.writer import JsonlLog, read_jsonl
 from openrft.train.checkpoint import (
     TrainPosition,
     best_checkpoints,
+    checkpoint_problem,
     checkpoint_records,
     list_checkpoints,
     load_checkpoint,
@@ -122,6 +124,7 @@ class Run:
         self.maximize = mode == "max" or (mode == "auto" and "loss" not in self.best_metric)
         self.position = TrainPosition(step=0, prompts_seen=0, val_before=None, wall_s=0.0)
         self.notes: dict[str, Any] = {}  # extra facts for summary.json (the fast paths used)
+        self.restored_from: Path | None = None  # the checkpoint a resumed run loaded
         self.stop_reason = ""
         self.total = 0  # steps of the whole run, known once restore() has the data
         check_backends(config.tracking.backends)  # a missing package fails before any work
@@ -146,7 +149,7 @@ class Run:
         self.total = total_steps
         checkpoints = list_checkpoints(self.run_dir) if self.resume else []
         if checkpoints:
-            self.position = load_checkpoint(checkpoints[-1], policy, optimizer, scheduler)
+            self.restored_from = self._load_latest_sound(checkpoints, policy, optimizer, scheduler)
         finished = (self.run_dir / "final").exists()
         if self.resume and finished and (not checkpoints or self.position.step >= total_steps):
             raise CheckpointError(f"{self.run_dir} finished already; nothing to resume")
@@ -165,6 +168,33 @@ class Run:
             config_to_dict(self.config),
             self.position.step,
         )
+
+    def _load_latest_sound(
+        self,
+        checkpoints: list[Path],
+        policy: Policy,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> Path:
+        """Load the newest checkpoint that passes its checksums and loads; one that does not
+        is skipped with a warning (an event on the job server) naming what is wrong."""
+        skipped: list[str] = []
+        for path in reversed(checkpoints):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                try:
+                    self.position = load_checkpoint(path, policy, optimizer, scheduler)
+                except CheckpointError as exc:
+                    problem = str(exc)
+            if problem is None:
+                if skipped:
+                    message = f"resuming from {path.name}: " + "; ".join(skipped)
+                    print(f"openrft: warning: {message}", file=sys.stderr, flush=True)
+                    self.notes["checkpoints_skipped"] = skipped
+                    self.status("training", message)
+                return path
+            skipped.append(f"{path.name} is damaged ({problem})")
+        raise CheckpointError(f"no usable checkpoint in {self.run_dir}: " + "; ".join(skipped))
 
     def log_start(self, record: dict[str, Any]) -> None:
         """Step 0: the starting model's validation."""
