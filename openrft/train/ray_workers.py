@@ -298,7 +298,7 @@ class RayRolloutPool:
             remote.remote(settings, self.probe_ids, os.getcwd())
             for _ in range(cluster.rollout_workers)
         ]
-        self.pids = ray.get([actor.ready.remote() for actor in self.actors])
+        ray.get([actor.ready.remote() for actor in self.actors])  # a model that fails, fails here
         engines = ray.get(self.actors[0].describe.remote())
         self.description = f"{len(self.actors)} Ray rollout workers ({engines})"
         self.policy_version = 0
