@@ -34,6 +34,7 @@ from openrft.api.bedrock_shapes import (
     model_name,
     page,
     present,
+    run_metrics,
     sort_by_time,
 )
 from openrft.api.views import iso, service_of
@@ -79,6 +80,7 @@ def model_view(job: Job, service: JobService) -> dict[str, Any]:
             "customizationConfig": job.extra.get("customizationConfig"),
             "modelStatus": "Active",
             "modelPath": str(service.run_dir(job.id) / "final"),
+            **run_metrics(job, service),  # trainingMetrics, and openrftUsage
         }
     )
 

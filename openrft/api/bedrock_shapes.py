@@ -6,10 +6,15 @@ A job answers as a model customization job whatever API created it. A Completed 
 `final/` model is a custom model named as its `customModelName` said, with the ARN
 `arn:openrft:bedrock:local:000000000000:custom-model/<name>/<job-id>`, until
 DeleteCustomModel removes it.
+
+Get(ModelCustomizationJob|CustomModel) fill Bedrock's `trainingMetrics.trainingLoss` (the
+last step's loss/total) and add `openrftUsage`, what the job used (openrft.metrics.usage):
+an extension key, which botocore's parser leaves out of the parsed response (docs/aws.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -18,8 +23,11 @@ from openrft.api.bedrock_outputs import output_error, outputs_pending
 from openrft.api.views import iso
 from openrft.config_parse import BEDROCK_ALIASES
 from openrft.errors import ConfigError
+from openrft.jobs import runfiles
 from openrft.jobs.model import Job, JobStatus
 from openrft.jobs.service import JobService
+from openrft.metrics import names
+from openrft.metrics.usage import usage_totals
 
 T = TypeVar("T")
 ACCOUNT = "000000000000"
@@ -31,6 +39,7 @@ RFT = "REINFORCEMENT_FINE_TUNING"
 JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 MODEL_STATUSES = ("Active", "Creating", "Failed")
 SORT_ORDERS = ("Ascending", "Descending")
+USAGE = "openrftUsage"  # the extension key of what a job used
 DELETED = "customModelDeletedAt"  # Job.extra key: when DeleteCustomModel removed the model
 INPUTS = "s3Inputs"  # Job.extra key: {server path of a downloaded data file: its s3:// URI}
 DETAILS = {
@@ -124,8 +133,24 @@ def job_view(job: Job, service: JobService) -> dict[str, Any]:
             **data_configs(job, service),
             "vpcConfig": extra.get("vpcConfig"),
             "customizationConfig": extra.get("customizationConfig"),
+            **run_metrics(job, service),
         }
     )
+
+
+def run_metrics(job: Job, service: JobService) -> dict[str, Any]:
+    """`trainingMetrics` (Bedrock's one training number, trainingLoss: the loss/total of the
+    last step that logged one; absent before) and `openrftUsage` (the usage totals so far),
+    from the job's metrics.jsonl. Bedrock's `validationMetrics` hold a validation loss, which
+    reinforcement fine-tuning does not compute: left out."""
+    records = runfiles.read_metrics(service.run_dir(job.id))
+    losses = [
+        float(r[names.LOSS])
+        for r in records
+        if isinstance(r.get(names.LOSS), int | float) and math.isfinite(r[names.LOSS])
+    ]
+    training = {"trainingLoss": losses[-1]} if losses else None
+    return {"trainingMetrics": training, USAGE: usage_totals(records)}
 
 
 def data_configs(job: Job, service: JobService) -> dict[str, Any]:

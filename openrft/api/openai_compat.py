@@ -10,7 +10,11 @@ Hyperparameter mapping and status mapping: docs/api.md. An `openrft_config` obje
 body (`extra_body=` in the client) adds openrft settings OpenAI has no name for. A field
 openrft cannot honour (reasoning_effort, integrations, the deprecated top-level
 hyperparameters, an unknown key) is refused with a 400 naming it, never dropped. A succeeded
-job's `result_files` and `trained_tokens` come from its metrics (openai_results.py).
+job's `result_files` and `trained_tokens` come from its metrics (openai_results.py). What a job
+used (prompt, sampled and trained tokens, graded samples, judge tokens, tool calls:
+openrft.metrics.usage) is `openrft_usage` on a retrieved job and in each checkpoint's
+`metrics`: OpenAI's job object has no usage field, and the client keeps unknown keys in
+`model_extra` (docs/api.md).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from fastapi.responses import FileResponse
 from openrft.api.openai_results import job_results
 from openrft.api.uploads import upload_status, validate_upload
 from openrft.api.views import service_of
+from openrft.config_parse import check_body
 from openrft.errors import ConfigError, RFTError
 from openrft.jobs import runfiles
 from openrft.jobs.model import FileRecord, Job, JobConflict, JobStatus
 from openrft.jobs.service import JobService
+from openrft.metrics.usage import usage_totals
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 HYPER = "method.reinforcement.hyperparameters"
@@ -52,6 +58,7 @@ REASONING_EFFORTS = ("default", "low", "medium", "high")
 BODY_FIELDS = ("model", "training_file", "validation_file", "suffix", "seed", "metadata",
                "method", "hyperparameters", "integrations", "openrft_config")  # fmt: skip
 REINFORCEMENT_FIELDS = ("grader", "hyperparameters", "tools", "max_episode_steps")
+USAGE = "openrft_usage"  # an extension key: what a job used (openrft.metrics.usage)
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -124,9 +131,13 @@ def create_job(request: Request, body: Annotated[dict[str, Any], Body()]) -> dic
 
 def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """openrft's raw config and the grader JSON from a fine_tuning.jobs.create body."""
+    check_body(body)  # before any copy or walk of a member: deep JSON exhausts the stack
     for key in ("model", "training_file"):
         if not isinstance(body.get(key), str) or not body[key]:
             raise ConfigError(key, "is required (a string)")
+    for key in ("suffix", "validation_file"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ConfigError(key, f"must be a string, got {type(body[key]).__name__}")
     _refuse_unhonoured(body)
     method = body.get("method")
     if not isinstance(method, dict) or method.get("type") != "reinforcement":
@@ -148,6 +159,8 @@ def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         _set(raw, "train.seed", body["seed"])
     _agent_tools(raw, settings)
     hyper = settings.get("hyperparameters") or {}
+    if not isinstance(hyper, dict):
+        raise ConfigError(HYPER, "must be an object")
     for name, value in hyper.items():
         if value == "auto" or value is None:
             continue
@@ -159,7 +172,7 @@ def openai_config(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         target, convert = HYPERPARAMETERS[name]
         try:
             _set(raw, target, convert(value))
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # round(inf) overflows
             raise ConfigError(f"{HYPER}.{name}", str(exc)) from exc
     return raw, grader
 
@@ -238,7 +251,10 @@ def _agent_tools(raw: dict[str, Any], settings: dict[str, Any]) -> None:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{where}.server_url", f"{url!r} is not an http(s) URL")
             endpoints[tool["name"]] = url
-            for key, value in (tool.get("headers") or {}).items():
+            tool_headers = tool.get("headers") or {}
+            if not isinstance(tool_headers, dict):
+                raise ConfigError(f"{where}.headers", "must be an object")
+            for key, value in tool_headers.items():
                 if headers.get(key, value) != value:
                     raise ConfigError(f"{where}.headers", f"{key} differs between tools")
                 headers[key] = str(value)
@@ -288,7 +304,9 @@ def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> di
 @router.get("/fine_tuning/jobs/{job_id}")
 def retrieve_job(request: Request, job_id: str) -> dict[str, Any]:
     service = service_of(request)
-    return job_object(service.store.get_job(job_id), service)
+    job = service.store.get_job(job_id)
+    usage = usage_totals(runfiles.read_metrics(service.run_dir(job.id)))
+    return job_object(job, service) | {USAGE: usage}
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -341,7 +359,8 @@ def list_events(
 def list_checkpoints(request: Request, job_id: str) -> dict[str, Any]:
     service = service_of(request)
     service.store.get_job(job_id)
-    found = reversed(runfiles.list_checkpoints(service.run_dir(job_id)))
+    found = list(reversed(runfiles.list_checkpoints(service.run_dir(job_id))))
+    records = runfiles.read_metrics(service.run_dir(job_id)) if found else []
     data = [
         {
             "id": f"ftckpt-{job_id}-{c['step']}",
@@ -355,6 +374,7 @@ def list_checkpoints(request: Request, job_id: str) -> dict[str, Any]:
                 "train_loss": c["metrics"].get("loss/total"),
                 "train_mean_reward": c["metrics"].get("reward/mean"),
                 "full_valid_mean_reward": c["metrics"].get("val/reward/mean"),
+                USAGE: usage_totals(records, last_step=c["step"]),  # up to the checkpoint
             },
         }
         for c in found

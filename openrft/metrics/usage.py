@@ -14,15 +14,19 @@ JUDGE_PROMPT_COMPONENT = "judge/prompt_tokens"  # openrft.rewards.judge's grade 
 JUDGE_COMPLETION_COMPONENT = "judge/completion_tokens"
 
 
-def usage_totals(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+def usage_totals(
+    records: Iterable[Mapping[str, Any]], last_step: int | None = None
+) -> dict[str, int]:
     """The run's totals: each step's `usage/*` counts summed, a step logged twice (a resumed
-    run rewrites the steps after its checkpoint) counted once, its last line winning."""
+    run rewrites the steps after its checkpoint) counted once, its last line winning.
+    `last_step`: the totals up to that step (a checkpoint's), not the whole run's."""
     by_step: dict[int, Mapping[str, Any]] = {}
     for record in records:
         step = record.get(names.STEP)
         if (
             isinstance(step, int)
             and step > 0
+            and (last_step is None or step <= last_step)
             and any(k.startswith(names.USAGE_PREFIX) for k in record)
         ):
             by_step[step] = record

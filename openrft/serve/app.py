@@ -7,7 +7,9 @@ is openrft.rollout.openai_chat and openrft.rollout.openai_tools), and Bedrock Ru
 Converse, ConverseStream and InvokeModel under /model/{modelId}/ for boto3's `bedrock-runtime`
 client (openrft.serve.bedrock_runtime); both go through openrft.serve.chat_service. Generation
 runs in a worker thread, one batch at a time, so the event loop keeps answering; concurrent
-requests that sample alike are batched together (openrft.serve.batching). With `log_path`,
+requests that sample alike are batched together (openrft.serve.batching). A streamed reply
+(`stream: true`, ConverseStream) sends its text as it is decoded (openrft.serve.streaming).
+With `log_path`,
 every request is logged as a JSON line (openrft.serve.invocations). Run it with `serve(...)`,
 or mount `create_app(...)` in any ASGI server. Bad requests get 400 with an OpenAI-style error
 object (Bedrock's error shape on the Bedrock routes). With an API key, every route but /health
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,14 +44,15 @@ from openrft.rollout.openai_chat import (
     chat_tool_parser,
     error_response,
     reply_message,
-    stream_chunks,
 )
 from openrft.rollout.tool_calls import ToolCallParser
 from openrft.serve.auth import ApiKeyAuth, check_bind
 from openrft.serve.batching import Batcher
 from openrft.serve.bedrock_runtime import add_bedrock_routes
 from openrft.serve.chat_service import ChatService
+from openrft.serve.chat_stream import chunk_events
 from openrft.serve.invocations import InvocationLog
+from openrft.serve.streaming import Post, StreamWatch, generate_watched
 from openrft.types import Completion, SamplingParams
 
 
@@ -99,9 +103,23 @@ class ChatModel:
         return self.engine.generate([prompt], params)[0]
 
     def generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        watches: Sequence[StreamWatch | None] | None = None,
     ) -> list[list[Completion]]:
-        return self.engine.generate(prompts, params)
+        """Each prompt's completions; a prompt with a watch (a streamed request) hears its
+        tokens as they are decoded (openrft.serve.streaming)."""
+        if watches is None:
+            return self.engine.generate(prompts, params)
+        return generate_watched(self.engine, prompts, params, watches)
+
+    def watch(self, request: ChatRequest, params: SamplingParams, post: Post) -> StreamWatch:
+        """A streamed request's watch: text as it is decoded unless tools are shown (the text
+        may then turn out to be tool calls, sent once generation is done)."""
+        tools = bool(request.tools and request.tools.shown)
+        end = self.engine.end_token_ids
+        return StreamWatch(post, self.tokenizer, end, params, incremental=not tools)
 
 
 def load_chat_model(
@@ -183,11 +201,12 @@ def build_app(
             error = RequestError(f"the request body is not JSON: {exc}")
             service.log_failure(None, error.status, error.message, started)
             raise error from exc
+        if isinstance(body, dict) and body.get("stream") is True:
+            stream = await service.stream(body, started=started)
+            chunks = chunk_events(stream, chat.model_id)
+            return StreamingResponse(chunks, media_type="text/event-stream")
         answer = await service.answer(body, started=started)
-        if not answer.request.stream:
-            return JSONResponse(answer.reply)
-        chunks = stream_chunks(answer.reply, answer.request.include_usage)
-        return StreamingResponse(chunks, media_type="text/event-stream")
+        return JSONResponse(answer.reply)
 
     add_bedrock_routes(app, service)
     return app

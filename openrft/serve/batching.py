@@ -3,7 +3,9 @@ wait while it runs join the next one when they sample alike.
 
 Requests share a batch when their sampling parameters are equal (n, temperature, top_p, top_k,
 max tokens, stop strings) and none of them set a seed: a seeded request runs alone so that the
-same seed gives the same reply whatever else is in flight. The batch's prompts are decoded
+same seed gives the same reply whatever else is in flight. A streamed request batches like any
+other: its watch (openrft.serve.streaming) is handed to `generate` with the batch, and hears
+its tokens as they are decoded. The batch's prompts are decoded
 together by the rollout engine (one padded forward per token for all of them), which on a CPU
 costs little more than one request, so throughput grows with the number of waiting clients.
 """
@@ -14,10 +16,13 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from openrft.types import Completion, SamplingParams
 
-Generate = Callable[[Sequence[Sequence[int]], SamplingParams], list[list[Completion]]]
+# generate(prompts, params) -> each prompt's completions; called as generate(prompts, params,
+# watches) when a request of the batch streams (watches[i]: prompt i's watch, or None).
+Generate = Callable[..., list[list[Completion]]]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class _Pending:
     params: SamplingParams
     seeded: bool
     future: asyncio.Future[BatchResult]
+    watch: Any = None  # a streamed request's StreamWatch (openrft.serve.streaming)
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
@@ -58,11 +64,18 @@ class Batcher:
         self, prompt: Sequence[int], params: SamplingParams, seeded: bool
     ) -> BatchResult:
         """The completions for `prompt`, once a batch that holds it has run."""
+        return await self.enqueue(prompt, params, seeded)
+
+    def enqueue(
+        self, prompt: Sequence[int], params: SamplingParams, seeded: bool, watch: Any = None
+    ) -> asyncio.Future[BatchResult]:
+        """Queues `prompt`; the future is set once its batch has run (cancelling it before
+        then drops the request). `watch` hears its tokens while the batch runs."""
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(prompt, params, seeded, future))
+        self._pending.append(_Pending(prompt, params, seeded, future, watch))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
-        return await future
+        return future
 
     def take_batch(self) -> list[_Pending]:
         """The oldest request and the waiting ones that may run with it, in arrival order."""
@@ -86,7 +99,9 @@ class Batcher:
             batch_id, started = self.batches_run, time.monotonic()
             try:
                 prompts = [p.prompt for p in batch]
-                results = await asyncio.to_thread(self.generate, prompts, batch[0].params)
+                watches = [p.watch for p in batch]
+                extra = (watches,) if any(w is not None for w in watches) else ()
+                results = await asyncio.to_thread(self.generate, prompts, batch[0].params, *extra)
             except Exception as exc:  # every request of the batch gets the failure
                 for pending in batch:
                     if not pending.future.done():

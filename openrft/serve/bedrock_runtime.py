@@ -9,8 +9,12 @@ at the server with `endpoint_url`) evaluates the served model as a Bedrock user 
 ResourceNotFoundException. Errors are Bedrock's: `{"message": ...}` with the error code in
 x-amzn-ErrorType, which botocore raises as ClientError. boto3 signs every request (SigV4);
 the signature is checked when the server has an API key (openrft.serve.auth). Like the OpenAI
-endpoint's stream, ConverseStream's events are sent once generation has finished: one text
-delta per token.
+endpoint's stream, ConverseStream sends its text as it is decoded (openrft.serve.streaming):
+messageStart once the first token is there, a text delta per decoded token, then
+contentBlockStop, messageStop and metadata (usage) once the reply is done. With tools shown,
+the reply's blocks (text, toolUse) are sent once generation is done, as the text may be a
+tool call. A failure once the stream has begun is an internalServerException event, which
+boto3 raises from the stream as EventStreamError.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,15 +37,22 @@ from openrft.serve.bedrock_common import (
     stop_reason,
     text_pieces,
 )
-from openrft.serve.chat_service import Answer, ChatService
-from openrft.serve.converse import chat_body, converse_reply, stream_events
-from openrft.serve.eventstream import MEDIA_TYPE
+from openrft.serve.chat_service import Answer, ChatService, Stream
+from openrft.serve.converse import (
+    chat_body,
+    converse_reply,
+    stream_end,
+    stream_events,
+    text_delta,
+)
+from openrft.serve.eventstream import MEDIA_TYPE, event_message, exception_message
 from openrft.serve.invoke import (
     anthropic_chat_body,
     anthropic_reply,
     is_anthropic,
     openai_chat_body,
 )
+from openrft.serve.streaming import TextDelta
 
 METADATA_HEADER = "x-amzn-bedrock-request-metadata"  # InvokeModel's requestMetadata (JSON)
 
@@ -64,11 +75,12 @@ def add_bedrock_routes(app: FastAPI, service: ChatService) -> None:
     @app.post("/model/{model_id:path}/converse-stream")
     async def converse_stream(model_id: str, request: Request) -> Response:
         started = time.monotonic()
-        _, answer = await _answer(service, model_id, request, chat_body, started)
-        completion = answer.completions[0]
-        pieces = text_pieces(service.chat.tokenizer, completion.token_ids, completion.text)
-        stop, latency_ms = _stop_reason(service, answer), _elapsed_ms(started)
-        events = stream_events(answer, stop, latency_ms, pieces)
+        _, chat = await _translate(service, model_id, request, chat_body, started)
+        try:
+            stream = await service.stream(chat, chat_request, started)
+        except RequestError as error:
+            raise from_request_error(error) from error
+        events = _converse_events(service, stream, started)
         return StreamingResponse(events, media_type=MEDIA_TYPE, headers=_request_id())
 
     @app.post("/model/{model_id:path}/invoke")
@@ -93,6 +105,35 @@ def add_bedrock_routes(app: FastAPI, service: ChatService) -> None:
         return JSONResponse(reply, headers=_request_id())
 
 
+async def _converse_events(
+    service: ChatService, stream: Stream, started: float
+) -> AsyncIterator[bytes]:
+    """ConverseStream's events: the text deltas as they are decoded, then the end."""
+    if stream.incremental:
+        yield event_message("messageStart", {"role": "assistant"})
+    answer, streamed = None, False
+    try:
+        async for item in stream.events:
+            if isinstance(item, TextDelta):
+                yield text_delta(item.text)
+                streamed = True
+            else:
+                answer = item
+    except RequestError as error:
+        yield exception_message("internalServerException", error.message)
+        return
+    assert answer is not None
+    stop, latency_ms = _stop_reason(service, answer), _elapsed_ms(started)
+    if stream.incremental:
+        for event in stream_end(answer, stop, latency_ms, streamed):
+            yield event
+        return
+    completion = answer.completions[0]
+    pieces = text_pieces(service.chat.tokenizer, completion.token_ids, completion.text)
+    for event in stream_events(answer, stop, latency_ms, pieces):
+        yield event
+
+
 async def _answer(
     service: ChatService,
     model_id: str,
@@ -101,6 +142,23 @@ async def _answer(
     started: float,
 ) -> tuple[Any, Answer]:
     """The request's JSON body and its answer; BedrockError (logged) when it has none."""
+    body, chat = await _translate(service, model_id, request, translate, started)
+    try:
+        # Logged in chat-completions form, so `openrft data from-logs` reads these calls too.
+        return body, await service.answer(chat, chat_request, started)
+    except RequestError as error:
+        raise from_request_error(error) from error
+
+
+async def _translate(
+    service: ChatService,
+    model_id: str,
+    request: Request,
+    translate: Callable[[Any], dict[str, Any]],
+    started: float,
+) -> tuple[Any, dict[str, Any]]:
+    """The request's JSON body and its chat-completions form; BedrockError (logged) when the
+    request is not one this server serves."""
     body: Any = None
     try:
         if model_id != service.chat.model_id:
@@ -118,11 +176,7 @@ async def _answer(
     except BedrockError as error:
         service.log_failure(body, error.status, error.message, started)
         raise
-    try:
-        # Logged in chat-completions form, so `openrft data from-logs` reads these calls too.
-        return body, await service.answer(chat, chat_request, started)
-    except RequestError as error:
-        raise from_request_error(error) from error
+    return body, chat
 
 
 def _stop_reason(service: ChatService, answer: Answer) -> str:

@@ -288,3 +288,20 @@ def stream_events(
     yield event_message("messageStop", {"stopReason": stop})
     metadata = {"usage": token_usage(answer), "metrics": {"latencyMs": latency_ms}}
     yield event_message("metadata", metadata)
+
+
+def text_delta(text: str) -> bytes:
+    """A contentBlockDelta of the text block a streamed reply without tools has (index 0)."""
+    return event_message("contentBlockDelta", {"delta": {"text": text}, "contentBlockIndex": 0})
+
+
+def stream_end(answer: Answer, stop: str, latency_ms: int, streamed: bool) -> Iterator[bytes]:
+    """The end of a reply whose text was streamed as it was decoded (`streamed`: some text was
+    sent; if none, one empty delta, as a reply with no text has): contentBlockStop,
+    messageStop, metadata."""
+    if not streamed:
+        yield text_delta("")
+    yield event_message("contentBlockStop", {"contentBlockIndex": 0})
+    yield event_message("messageStop", {"stopReason": stop})
+    metadata = {"usage": token_usage(answer), "metrics": {"latencyMs": latency_ms}}
+    yield event_message("metadata", metadata)

@@ -39,6 +39,17 @@ def event_message(event_type: str, body: Mapping[str, Any]) -> bytes:
     return encode_message(headers, json.dumps(body, ensure_ascii=False).encode())
 
 
+def exception_message(exception_type: str, message: str) -> bytes:
+    """An exception of the stream's union (`internalServerException`, ...): botocore raises it
+    from the stream as EventStreamError with that code."""
+    headers = {
+        ":exception-type": exception_type,
+        ":content-type": "application/json",
+        ":message-type": "exception",
+    }
+    return encode_message(headers, json.dumps({"message": message}).encode())
+
+
 def _header(name: str, value: str) -> bytes:
     name_bytes, value_bytes = name.encode(), value.encode()
     return (

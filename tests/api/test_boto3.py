@@ -6,6 +6,7 @@ until its job completes and its custom model is found, listed and deleted."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -129,6 +130,8 @@ def test_the_docs_example_and_custom_models(start_server, files, monkeypatch, ca
     assert model["jobArn"] == summary["jobArn"] and model["jobName"] == "letters-rft"
     assert model["baseModelArn"] == files["BASE_MODEL"] and model["customizationType"] == RFT
     assert model["trainingDataConfig"] == {"s3Uri": files["TRAIN_FILE"]}
+    assert model["trainingMetrics"] == job["trainingMetrics"]  # the last step's loss
+    assert isinstance(job["trainingMetrics"]["trainingLoss"], float)
     raw = served.client.get("/custom-models/letters-model").json()
     assert (Path(raw["modelPath"]) / "adapter_model.safetensors").is_file()  # the LoRA weights
 
@@ -347,3 +350,37 @@ def test_bearer_tokens_still_work(idle_server):
         lambda request, **_: request.headers.__setitem__("Authorization", f"Bearer {token}"),
     )
     assert unsigned.list_model_customization_jobs()["modelCustomizationJobSummaries"] == []
+
+
+# -- what a job used: trainingMetrics, and openrftUsage past botocore's parser ---------------
+
+
+def test_training_loss_and_usage(idle_server, files):
+    client = client_of(idle_server)
+    arn = client.create_model_customization_job(**create_args(files))["jobArn"]
+    job = client.get_model_customization_job(jobIdentifier=arn)
+    assert "trainingMetrics" not in job  # no step yet
+    run_dir = idle_server.data_dir / "jobs" / arn.rsplit("/", 1)[1]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {"step": 1, "loss/total": 0.5, "usage/prompt_tokens": 100, "usage/sampled_tokens": 40},
+        {"step": 2, "loss/total": -0.25, "usage/prompt_tokens": 100, "usage/sampled_tokens": 60},
+        {"step": 2, "val/reward/mean": 0.5},
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+    job = client.get_model_customization_job(jobIdentifier=arn)
+    assert job["trainingMetrics"] == {"trainingLoss": -0.25}  # the last step's loss
+    assert "openrftUsage" not in job and "validationMetrics" not in job  # parsed as before
+    raw = idle_server.client.get(f"/model-customization-jobs/{arn}").json()
+    usage = {"prompt_tokens": 200, "sampled_tokens": 100}
+    assert raw["openrftUsage"] == usage
+    # botocore drops keys its service model does not name; an after-call hook sees them.
+    seen: dict[str, Any] = {}
+
+    def keep_usage(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+        seen.update(json.loads(http_response.content).get("openrftUsage", {}))
+
+    client.meta.events.register("after-call.bedrock.GetModelCustomizationJob", keep_usage)
+    client.get_model_customization_job(jobIdentifier=arn)
+    assert seen == usage

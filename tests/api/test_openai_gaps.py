@@ -111,3 +111,40 @@ def test_steps_merge_and_resumed_steps_replace():
         "1,2.0,0.2,,10",
         "2,1.5,,0.4,12",
     ]
+
+
+USAGE_LINES = [
+    {"step": 1, "loss/total": 0.5, "usage/prompt_tokens": 100, "usage/sampled_tokens": 40,
+     "usage/trained_tokens": 140, "usage/graded_samples": 4, "usage/tool_calls": 1},
+    {"step": 2, "loss/total": 0.25, "usage/prompt_tokens": 100, "usage/sampled_tokens": 60,
+     "usage/trained_tokens": 160, "usage/graded_samples": 4, "usage/tool_calls": 2,
+     "usage/judge_prompt_tokens": 30, "usage/judge_completion_tokens": 5},
+    {"step": 2, "val/reward/mean": 0.5},  # a validation line: no usage of its own
+]  # fmt: skip
+
+
+def test_usage_on_the_job_and_its_checkpoints(idle_server, tmp_path, tiny_model_dir):
+    """What a job used is `openrft_usage`, which the openai client keeps in model_extra; the
+    job object's own fields parse as before."""
+    client = OpenAI(base_url=f"{idle_server.url}/v1", api_key=idle_server.token, max_retries=0)
+    job = create(client, tiny_model_dir, upload(client, tmp_path).id)
+    assert client.fine_tuning.jobs.retrieve(job.id).model_extra["openrft_usage"] == {}
+    run_dir = idle_server.data_dir / "jobs" / job.id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in USAGE_LINES))
+    (run_dir / "checkpoints" / "step-1").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-1" / "state.json").write_text("{}")
+
+    got = client.fine_tuning.jobs.retrieve(job.id)
+    assert got.model_extra["openrft_usage"] == {
+        "prompt_tokens": 200, "sampled_tokens": 100, "trained_tokens": 300,
+        "graded_samples": 8, "tool_calls": 3, "judge_prompt_tokens": 30,
+        "judge_completion_tokens": 5,
+    }  # fmt: skip
+    assert got.status == "queued" and got.trained_tokens is None  # null until it has ended
+    (checkpoint,) = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoint.step_number == 1 and checkpoint.metrics.train_loss == 0.5
+    assert checkpoint.metrics.model_extra["openrft_usage"] == {
+        "prompt_tokens": 100, "sampled_tokens": 40, "trained_tokens": 140,
+        "graded_samples": 4, "tool_calls": 1,
+    }  # up to the checkpoint's step  # fmt: skip

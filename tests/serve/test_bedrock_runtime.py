@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from openrft.serve.app import ChatModel, build_app
 from openrft.serve.bedrock_common import text_pieces
 from openrft.serve.eventstream import encode_message, event_message
 from openrft.serve.invocations import InvocationLog
+from openrft.serve.streaming import StreamWatch
 from openrft.types import Completion, SamplingParams
 
 from . import running_server
@@ -63,13 +65,28 @@ class ScriptedChat(ChatModel):
 
     script: str | None = None
     prompts: list[list[int]]
+    # Held while the server generates: a streamed reply reaches its client before the
+    # batch's generate call has returned, and a test that calls the engine itself waits.
+    lock = threading.Lock()
 
     def generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        watches: Sequence[StreamWatch | None] | None = None,
+    ) -> list[list[Completion]]:
+        with self.lock:
+            return self._generate_batch(prompts, params, watches)
+
+    def _generate_batch(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        watches: Sequence[StreamWatch | None] | None = None,
     ) -> list[list[Completion]]:
         self.prompts = [list(p) for p in prompts]
         if self.script is None:
-            return super().generate_batch(prompts, params)
+            return super().generate_batch(prompts, params, watches)
         ids = self.tokenizer(self.script, add_special_tokens=False)["input_ids"]
         ids.append(self.tokenizer.eos_token_id)  # the end of the turn
         return [[Completion(tuple(ids), self.script, "stop")] for _ in prompts]
@@ -216,7 +233,9 @@ def test_event_frames_parse_with_botocores_parser() -> None:
 def test_text_pieces_join_to_the_text_whatever_was_sampled(chat: ScriptedChat) -> None:
     prompt = encode_prompt([{"role": "user", "content": USER}], chat.tokenizer)
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=24, seed=3, stop=("ss",))
-    for completion in chat.engine.generate([prompt], params)[0]:
+    with chat.lock:  # the server may still be ending an earlier test's streamed batch
+        completions = chat.engine.generate([prompt], params)[0]
+    for completion in completions:
         pieces = text_pieces(chat.tokenizer, completion.token_ids, completion.text)
         assert "".join(pieces) == completion.text  # half characters and stop strings included
         assert len(pieces) <= len(completion.token_ids) and all(pieces)
