@@ -2,8 +2,9 @@
 `/api/jobs/{job_id}/agent/v1/...` forwards to the running job's agent proxy
 (openrft.rollout.agent_proxy), so agents on other machines need only the server's address.
 
-- `POST .../agent/v1/rollouts` takes a rollout: it needs the server's token, like every
-  API route; the answer's `base_url` points back here.
+- `POST .../agent/v1/rollouts` takes a rollout: it needs the server's admin token, or an
+  `agent` token made for this job (openrft.api.tokens: `openrft server token create --agent
+  --job ID`), which may call nothing else; the answer's `base_url` points back here.
 - `POST .../agent/v1/chat/completions` (streaming or not), `GET .../agent/v1/models` and
   `POST .../agent/v1/rollouts/{rollout_id}/reward` are authorized by the rollout id (the
   API key the rollout hands out, or `X-Rollout-Id`), which the proxy checks: an agent never
@@ -48,7 +49,8 @@ async def forward(request: Request, job_id: str, path: str) -> Response:
     headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
     taking = path == "rollouts" and request.method == "POST"
     if taking:
-        await require_token(request)  # handing out work is the server's owner's call
+        # Handing out work is the server's owner's call, or the job's agent token's.
+        await require_token(request)
         headers.pop("authorization", None)
     client = httpx.AsyncClient(timeout=None)
     upstream = await client.send(

@@ -3,7 +3,8 @@
 `UploadLimit` is an ASGI middleware: a POST to /v1/files or /api/files larger than the limit
 is answered 413 before its body is read (by Content-Length), or as soon as the bytes received
 pass the limit (a chunked body); the multipart parser behind it spools to disk, so nothing
-holds a whole upload in memory. `validate_upload` checks a fine-tuning upload as
+holds a whole upload in memory. The job server guards every request body with it, not only
+uploads (`paths=None`: openrft.api.app). `validate_upload` checks a fine-tuning upload as
 `openrft data validate` does and records the verdict beside DATA_DIR/files, where the OpenAI
 file object reads it as `status` and `status_details`.
 """
@@ -28,13 +29,14 @@ class UploadTooLarge(Exception):
 
 
 class UploadLimit:
-    """Refuses uploads over `max_bytes` with 413 (OpenAI's error shape on /v1, else native)."""
+    """Refuses uploads over `max_bytes` with 413 (OpenAI's error shape on /v1, else native).
+    `paths`: the routes it guards (POSTs to them); None guards every request with a body."""
 
-    def __init__(self, app: Any, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, paths: frozenset[str] | None = UPLOAD_PATHS):
+        self.app, self.max_bytes, self.paths = app, max_bytes, paths
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if not _is_upload(scope):
+        if not _is_upload(scope, self.paths):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
@@ -71,8 +73,9 @@ class UploadLimit:
 
     async def _refuse(self, scope: dict, send: Any, size: int) -> None:
         limit_mb = self.max_bytes / (1 << 20)
+        what = "upload" if scope["path"].rstrip("/") in UPLOAD_PATHS else "request body"
         message = (
-            f"upload too large: more than {limit_mb:g} MB (at least {size} bytes); the server's "
+            f"{what} too large: more than {limit_mb:g} MB (at least {size} bytes); the server's "
             "limit is `openrft server --max-upload-mb`"
         )
         if scope["path"].startswith("/v1/"):
@@ -87,9 +90,12 @@ class UploadLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-def _is_upload(scope: dict) -> bool:
-    path = scope.get("path", "").rstrip("/")
-    return scope["type"] == "http" and scope.get("method") == "POST" and path in UPLOAD_PATHS
+def _is_upload(scope: dict, paths: frozenset[str] | None) -> bool:
+    if scope["type"] != "http":
+        return False
+    if paths is None:
+        return scope.get("method") not in ("GET", "HEAD", "OPTIONS")
+    return scope.get("method") == "POST" and scope.get("path", "").rstrip("/") in paths
 
 
 def _content_length(scope: dict) -> int | None:

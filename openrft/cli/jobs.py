@@ -3,6 +3,9 @@
 openrft server [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--concurrency N]
                [--max-upload-mb 512]
                [--s3-endpoint-url URL] [--lambda NAME=FILE ...] [--lambda-endpoint-url URL]
+openrft server token create (--read-only [--job ID] | --agent --job ID) [--expires 7d]
+                            [--name TEXT] [--data-dir DIR]
+openrft server token list [--data-dir DIR] | revoke TOKEN_ID [--data-dir DIR]
 openrft jobs create CONFIG [--name NAME] [--set section.key=value ...]
 openrft jobs list [--status STATUS] | get ID | stop ID | resume ID | delete ID
 openrft jobs logs ID [--follow] | metrics ID [--follow]
@@ -55,6 +58,7 @@ def add_commands(commands: Any) -> None:
         help="invoke other Lambda ARNs through this Lambda endpoint ('aws': AWS Lambda)",
     )
     server.set_defaults(handler=cmd_server)
+    add_token_commands(server)
 
     jobs_parser = commands.add_parser("jobs", help="submit, watch and control server jobs")
     jobs_parser.set_defaults(handler=lambda _: jobs_parser.print_help() or 2)
@@ -88,6 +92,86 @@ def add_commands(commands: Any) -> None:
         action.add_argument("id")
         action.add_argument("--follow", "-f", action="store_true", help="until the job ends")
         action.set_defaults(handler=handler)
+
+
+def add_token_commands(server: argparse.ArgumentParser) -> None:
+    """`openrft server token create|list|revoke`: scoped tokens in DATA_DIR/tokens.json
+    (openrft.api.tokens); a running server sees the change at once."""
+    token = server.add_subparsers(metavar="token").add_parser(
+        "token", help="create, list and revoke scoped tokens (read-only, per-job agent)"
+    )
+    token.set_defaults(handler=lambda _: token.print_help() or 2)
+    actions = token.add_subparsers(metavar="ACTION")
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", help="the server's data directory (default ~/.openrft)")
+    create = actions.add_parser("create", parents=[data_dir], help="create a token (shown once)")
+    scope = create.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--read-only", action="store_true", help="GET only: to share a dashboard")
+    scope.add_argument("--agent", action="store_true", help="one job's external agents")
+    create.add_argument("--job", metavar="ID", help="the job (required with --agent)")
+    create.add_argument("--expires", metavar="DURATION", help="e.g. 3600, 30m, 12h, 7d")
+    create.add_argument("--name", default="", help="a note, shown by `token list`")
+    create.set_defaults(handler=cmd_token_create)
+    listing = actions.add_parser("list", parents=[data_dir], help="list tokens (not the secrets)")
+    listing.set_defaults(handler=cmd_token_list)
+    revoke = actions.add_parser("revoke", parents=[data_dir], help="revoke a token by its id")
+    revoke.add_argument("token_id", metavar="TOKEN_ID")
+    revoke.set_defaults(handler=cmd_token_revoke)
+
+
+def _token_store(args: argparse.Namespace) -> tuple[Any, Path]:
+    from openrft.api.tokens import FILE_NAME, TokenStore
+    from openrft.jobs.service import default_data_dir
+
+    root = Path(args.data_dir or default_data_dir()).expanduser().resolve()
+    return TokenStore(root / FILE_NAME), root
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    import json
+
+    from openrft.api.tokens import parse_duration
+    from openrft.errors import RFTError
+    from openrft.jobs.service import JOB_ID
+
+    store, root = _token_store(args)
+    if args.job and not (JOB_ID.match(args.job) and (root / "jobs" / args.job).is_dir()):
+        raise RFTError(f"no job {args.job} in {root}")
+    seconds = parse_duration(args.expires) if args.expires else None
+    token, record = store.create("agent" if args.agent else "read", args.job, args.name, seconds)
+    print(f"{record.id}: {record.scope} token" + (f" for job {args.job}" if args.job else ""))
+    print(f"token (shown this once): {token}")
+    try:
+        url = json.loads((root / "server.json").read_text())["url"]
+    except (OSError, ValueError, KeyError):
+        url = "http://HOST:PORT"
+    if record.scope == "read":
+        route = f"#/jobs/{args.job}&" if args.job else "#"
+        print(f"dashboard link: {url}/{route}token={token}")
+    else:
+        print(f"agents: {url}/api/jobs/{args.job}/agent/v1/  (Authorization: Bearer TOKEN)")
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from openrft.api.views import iso
+
+    store, _ = _token_store(args)
+    tokens = store.tokens()
+    if not tokens:
+        print("no scoped tokens")
+    for t in tokens:
+        expires = "expired" if t.expired() else f"expires {iso(t.expires_at) or 'never'}"
+        job = f"job {t.job_id}" if t.job_id else "all jobs"
+        print(f"{t.id}  {t.scope:<5}  {job}  created {iso(t.created_at)}  {expires}  {t.name}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    store, _ = _token_store(args)
+    store.revoke(args.token_id)
+    print(f"revoked {args.token_id}")
+    return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ client sends as its api_key), or an AWS SigV4 signature made with the key as the
 key and `openrft` as the access key id (what boto3's `bedrock-runtime` client sends). Refusals
 are 401 in the route's error shape: OpenAI's on /v1, Bedrock's on /model/. A client address
 with `max_failures` refusals within `window_s` is answered 429 for `window_s`, so a key cannot
-be guessed at network speed. Without a key the server is open, which `check_bind` allows on
-loopback only.
+be guessed at network speed (openrft.auth_limits, the limiter the job server uses too).
+Without a key the server is open, which `check_bind` allows on loopback only.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
-from collections import defaultdict, deque
-from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Request
 
 from openrft.api import sigv4
+from openrft.auth_limits import FailureLimiter, client_address
 from openrft.errors import RFTError
 from openrft.rollout.openai_chat import RequestError
 from openrft.serve.bedrock_common import BedrockError
@@ -59,38 +57,6 @@ def check_bind(host: str, key: str | None) -> None:
         )
 
 
-class FailureLimiter:
-    """Counts refused requests per client address; `max_failures` within `window_s` blocks
-    the address for `window_s`."""
-
-    def __init__(
-        self,
-        max_failures: int = 10,
-        window_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
-        self.failures: defaultdict[str, deque[float]] = defaultdict(deque)
-        self.blocked_until: dict[str, float] = {}
-
-    def blocked(self, address: str) -> bool:
-        until = self.blocked_until.get(address)
-        if until is not None and self.clock() >= until:
-            del self.blocked_until[address]
-            return False
-        return until is not None
-
-    def fail(self, address: str) -> None:
-        now = self.clock()
-        times = self.failures[address]
-        times.append(now)
-        while times and now - times[0] > self.window_s:
-            times.popleft()
-        if len(times) >= self.max_failures:
-            self.blocked_until[address] = now + self.window_s
-            del self.failures[address]
-
-
 class ApiKeyAuth:
     """A FastAPI dependency (for every route) that checks the key; `limiter` rate-limits
     failures."""
@@ -102,7 +68,7 @@ class ApiKeyAuth:
     async def __call__(self, request: Request) -> None:
         if request.url.path in OPEN_PATHS:
             return
-        address = request.client.host if request.client else "unknown"
+        address = client_address(request)
         bedrock = request.url.path.startswith("/model/")
         if self.limiter.blocked(address):
             raise _refusal(bedrock, 429, "too many failed authentication attempts; retry later")

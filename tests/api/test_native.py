@@ -26,7 +26,8 @@ def test_auth(idle_server, tmp_path):
     assert httpx.get(f"{url}/v1/fine_tuning/jobs").status_code == 401
     assert httpx.get(f"{url}/model-customization-jobs").status_code == 401
     assert idle_server.client.get("/api/jobs").json() == {"data": []}
-    assert httpx.get(f"{url}/api/jobs", params={"token": idle_server.token}).status_code == 200
+    in_url = httpx.get(f"{url}/api/jobs", params={"token": idle_server.token})
+    assert in_url.status_code == 401 and "Authorization header" in in_url.json()["detail"]
     token_file = idle_server.data_dir / "token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert create_app(idle_server.data_dir, start_runner=False).state.token == idle_server.token
@@ -134,7 +135,8 @@ def test_run_files_refuse_path_traversal(idle_server, tmp_path, tiny_model_dir):
         response = client.get(f"{base}/{path}")
         assert response.status_code == 400, path
         assert "'..'" in response.json()["detail"]
-    raw = httpx.get(f"{idle_server.url}{base}/../../token", params={"token": idle_server.token})
+    headers = {"Authorization": f"Bearer {idle_server.token}"}
+    raw = httpx.get(f"{idle_server.url}{base}/../../token", headers=headers)
     assert raw.status_code == 404 and idle_server.token not in raw.text
     assert client.get(f"{base}/nope.md").status_code == 404
     assert (

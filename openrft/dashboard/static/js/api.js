@@ -2,12 +2,19 @@
  * The native `/api` client: bearer-token storage and JSON fetch helpers.
  *
  * The token arrives once in the URL fragment (`#token=...`, the URL the server prints), is
- * moved to local storage and removed from the address bar. A 401 raises {@link AuthError},
- * which the shell answers with the token form.
+ * moved to local storage and removed from the address bar. Every fetch sends it in the
+ * Authorization header; a URL never carries it. What cannot send headers (EventSource) rides
+ * on the session cookie that {@link openSession} asks the server for: HttpOnly, SameSite=Strict,
+ * good for GET only. A 401 raises {@link AuthError}, which the shell answers with the token
+ * form; a 403 (a read-only token trying to change something) an {@link ApiError}.
  * @module api
  */
 
 const TOKEN_KEY = "openrft.token";
+
+/** What the stored token may do, from `POST /api/session`: {scope, job_id, expires_at}. */
+let access = null;
+let sessionFor = null; // the token the cookie was set for
 
 /** Raised when the server rejects (or we lack) the token. */
 export class AuthError extends Error {}
@@ -38,6 +45,42 @@ export function getToken() {
 export function setToken(token) {
   if (token) localStorage.setItem(TOKEN_KEY, token);
   else localStorage.removeItem(TOKEN_KEY);
+  access = null;
+  sessionFor = null;
+}
+
+/**
+ * Have the server set the session cookie for the stored token (once per token, or again when
+ * `force`), and learn what the token may do.
+ * @param {boolean} [force] ask again even if this token has a session (e.g. it may have expired)
+ * @returns {Promise<{scope: string, job_id: string|null, expires_at: string|null}>}
+ */
+export async function openSession(force = false) {
+  const token = getToken();
+  if (access && sessionFor === token && !force) return access;
+  const answer = await request("POST", "/api/session");
+  access = answer;
+  sessionFor = token;
+  return answer;
+}
+
+/** End the session cookie (before the token is forgotten); errors are ignored. */
+export async function closeSession() {
+  try {
+    await request("DELETE", "/api/session");
+  } catch {
+    /* the token is going anyway */
+  }
+}
+
+/** @returns {boolean} whether the stored token may only read (a shared dashboard link) */
+export function isReadOnly() {
+  return Boolean(access && access.scope !== "admin");
+}
+
+/** @returns {string|null} the one job a scoped token is limited to, if any */
+export function accessJob() {
+  return access?.job_id ?? null;
 }
 
 /**
@@ -115,4 +158,16 @@ export const del = (path) => request("DELETE", path);
  */
 export function jobPath(id, rest = "") {
   return `/api/jobs/${encodeURIComponent(id)}${rest ? `/${rest}` : ""}`;
+}
+
+/**
+ * Open a server-sent event stream of the API. EventSource cannot send headers: the session
+ * cookie authorizes it, so the session is opened (or renewed) first.
+ * @param {string} path e.g. jobPath(id, "metrics/stream")
+ * @param {boolean} [renew] renew the session first (a stream broke: it may have expired)
+ * @returns {Promise<EventSource>}
+ */
+export async function openStream(path, renew = false) {
+  await openSession(renew);
+  return new EventSource(path);
 }

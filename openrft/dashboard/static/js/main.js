@@ -1,17 +1,20 @@
 /**
- * Entry point: takes the token from the URL fragment, then routes on the hash:
- * `#/` job list, `#/jobs/<id>[/rollouts|/details]` job page, `#/compare?ids=a,b` compare page.
+ * Entry point: takes the token from the URL fragment, opens a session (the cookie that
+ * authorizes event streams; it also says whether the token is read-only), then routes on the
+ * hash: `#/` job list, `#/jobs/<id>[/rollouts|/details]` job page, `#/compare?ids=a,b` compare
+ * page. A token limited to one job always shows that job.
  * @module main
  */
 
-import { getToken, setToken, takeTokenFromUrl } from "./api.js";
+import { accessJob, closeSession, getToken, openSession, setToken, takeTokenFromUrl } from "./api.js";
 import { h, replace } from "./dom.js";
 import { renderCompare } from "./pages/compare.js";
 import { renderJob } from "./pages/job.js";
 import { renderJobs } from "./pages/jobs.js";
-import { onRerender, showAuth, updateChrome } from "./shell.js";
+import { handleError, onRerender, showAuth, updateChrome } from "./shell.js";
 
 let dispose = () => {};
+let generation = 0; // a newer route() supersedes a pending one
 
 /**
  * Parse a location hash into a route.
@@ -35,16 +38,30 @@ export function parseRoute(hash) {
   return { page: "jobs" };
 }
 
-function route() {
+async function route() {
   dispose();
   dispose = () => {};
+  const current = ++generation;
   const app = document.getElementById("app");
   updateChrome();
   if (!getToken()) {
     showAuth();
     return;
   }
+  try {
+    await openSession();
+  } catch (error) {
+    if (current === generation) handleError(error);
+    return;
+  }
+  if (current !== generation) return;
+  updateChrome();
   const where = parseRoute(window.location.hash);
+  const only = accessJob();
+  if (only && !(where.page === "job" && where.id === only)) {
+    window.location.hash = `#/jobs/${encodeURIComponent(only)}`; // hashchange routes again
+    return;
+  }
   document.querySelectorAll("[data-nav]").forEach((a) => {
     a.classList.toggle("active", a.dataset.nav === where.page);
   });
@@ -62,7 +79,8 @@ window.addEventListener("hashchange", () => {
   takeTokenFromUrl(); // a pasted "#token=..." link while the page is open
   route();
 });
-document.getElementById("signout").addEventListener("click", () => {
+document.getElementById("signout").addEventListener("click", async () => {
+  await closeSession();
   setToken(null);
   route();
 });

@@ -5,7 +5,7 @@
  * @module metrics
  */
 
-import { get, jobPath } from "./api.js";
+import { get, jobPath, openStream } from "./api.js";
 
 /** Metric keys (openrft/metrics/names.py). */
 export const K = {
@@ -319,17 +319,23 @@ export function compareCharts(rowsPerJob) {
   return [...base, ...components].filter((c) => rowsPerJob.some((rows) => hasValues(rows, c.key)));
 }
 
-/** Incrementally fetched metrics lines of one job (`GET /api/jobs/{id}/metrics?after=N`). */
+/**
+ * Metrics lines of one job: fetched incrementally (`GET /api/jobs/{id}/metrics?after=N`), or
+ * followed live over server-sent events (`.../metrics/stream`).
+ */
 export class MetricsFeed {
   /** @param {string} jobId */
   constructor(jobId) {
     this.jobId = jobId;
     this.rows = [];
     this.lastStep = null;
+    this.source = null;
+    this.closed = false;
   }
 
   /** Forget every line (a resumed run without a checkpoint rewrites its log from step 0). */
   reset() {
+    this.close();
     this.rows = [];
     this.lastStep = null;
   }
@@ -341,7 +347,16 @@ export class MetricsFeed {
   async poll() {
     const query = this.lastStep === null ? "" : `?after=${this.lastStep}`;
     const answer = await get(jobPath(this.jobId, `metrics${query}`));
-    const fresh = (answer.data || []).filter(
+    return this.add(answer.data || []);
+  }
+
+  /**
+   * Keep the lines that are new (by step).
+   * @param {Object[]} lines metrics lines
+   * @returns {number} how many were new
+   */
+  add(lines) {
+    const fresh = lines.filter(
       (r) => typeof r.step === "number" && (this.lastStep === null || r.step > this.lastStep),
     );
     if (fresh.length) {
@@ -350,5 +365,51 @@ export class MetricsFeed {
       this.lastStep = this.rows[this.rows.length - 1].step;
     }
     return fresh.length;
+  }
+
+  /** @returns {boolean} whether a live stream is open (polling can rest) */
+  get live() {
+    return Boolean(this.source && this.source.readyState === EventSource.OPEN);
+  }
+
+  /**
+   * Follow the lines live: server-sent events from `metrics/stream?after=N`, authorized by
+   * the session cookie. The stream closes itself when the job ends or on any error; the
+   * page polls meanwhile and may follow again.
+   * @param {function(number): void} onFresh called with how many new lines arrived
+   * @param {boolean} [renew] renew the session cookie first
+   * @returns {Promise<void>}
+   */
+  async follow(onFresh, renew = false) {
+    this.close();
+    const query = this.lastStep === null ? "" : `?after=${this.lastStep}`;
+    const source = await openStream(jobPath(this.jobId, `metrics/stream${query}`), renew);
+    if (this.closed) {
+      source.close();
+      return;
+    }
+    this.source = source;
+    source.addEventListener("metrics", (event) => {
+      const fresh = this.add([JSON.parse(event.data)]);
+      if (fresh) onFresh(fresh);
+    });
+    const stop = () => {
+      source.close();
+      if (this.source === source) this.source = null;
+    };
+    source.addEventListener("end", stop);
+    source.addEventListener("error", stop); // EventSource would retry forever: poll instead
+  }
+
+  /** Close the live stream, if any. */
+  close() {
+    this.source?.close();
+    this.source = null;
+  }
+
+  /** Close the stream for good (the page is going). */
+  dispose() {
+    this.closed = true;
+    this.close();
   }
 }

@@ -5,7 +5,7 @@
  * @module shell
  */
 
-import { AuthError, getToken, setToken } from "./api.js";
+import { AuthError, accessJob, getToken, isReadOnly, setToken } from "./api.js";
 import { h, replace } from "./dom.js";
 
 let rerender = () => {};
@@ -75,10 +75,17 @@ export function showAuth(reason) {
   input.focus();
 }
 
-/** Show or hide the header's "Forget token" button. */
+/** Show or hide the header's "Forget token" button and the read-only badge. */
 export function updateChrome() {
   const button = document.getElementById("signout");
   if (button) button.hidden = !getToken() || authShown;
+  const badge = document.getElementById("access");
+  if (badge) {
+    badge.hidden = !isReadOnly() || authShown;
+    const job = accessJob();
+    badge.textContent = job ? `Read-only · job ${job}` : "Read-only";
+    badge.title = "This token may only view: actions that change jobs are hidden";
+  }
 }
 
 /**

@@ -2,12 +2,14 @@
  * The job page (`#/jobs/<id>`, `#/jobs/<id>/rollouts`, `#/jobs/<id>/details`): a header with
  * status, sub-steps, progress, failure message and Stop / Resume; then tabs for live metrics
  * (health alerts and charts), the rollout viewer, and details (config, checkpoints, events,
- * worker log). Metrics are polled incrementally (`/metrics?after=N`) every 2 seconds.
+ * worker log). A running job's metrics are followed live over server-sent events (the session
+ * cookie authorizes the stream); they are polled (`/metrics?after=N`) every 2 seconds while no
+ * stream is open. With a read-only token, Stop / Resume / Delete are not shown.
  * @module pages/job
  */
 
 import { computeAlerts } from "../alerts.js";
-import { ApiError, del, get, jobPath, post } from "../api.js";
+import { ApiError, del, get, isReadOnly, jobPath, post } from "../api.js";
 import { h, replace } from "../dom.js";
 import {
   ENDED,
@@ -25,6 +27,7 @@ import { renderRollouts } from "./rollouts.js";
 
 const LIVE_MS = 2000;
 const IDLE_MS = 5000;
+const RESTREAM_MS = 10000; // after a stream broke, poll this long before following again
 const TABS = [
   ["metrics", "Metrics"],
   ["rollouts", "Rollouts"],
@@ -63,6 +66,7 @@ export function renderJob(root, jobId, tab) {
   let lastEventSeq = null;
   let lastDrawn = null;
   let rolloutsSettled = false; // the step list was read after the job ended
+  let streamAfter = 0; // when the metrics may be followed live (again)
 
   const head = h("header", { class: "card job-head" }, h("div", { class: "loading" }, "Loading job…"));
   const tabs = h(
@@ -149,15 +153,21 @@ export function renderJob(root, jobId, tab) {
           h("span", { id: "job-status" }, statusBadge(job.status)),
           h("code", { class: "job-id" }, job.id),
         ),
-        h(
-          "div",
-          { class: "job-actions" },
-          button("stop-button", "Stop", "danger-outline", canStop, () => act("stop")),
-          button("resume-button", "Resume", null, canResume, () => act("resume")),
-          ENDED.has(job.status)
-            ? button("delete-button", "Delete", "subtle", true, () => act("delete"))
-            : null,
-        ),
+        isReadOnly()
+          ? h(
+              "div",
+              { class: "job-actions" },
+              h("span", { class: "muted", id: "read-only-note" }, "Read-only access: viewing only"),
+            )
+          : h(
+              "div",
+              { class: "job-actions" },
+              button("stop-button", "Stop", "danger-outline", canStop, () => act("stop")),
+              button("resume-button", "Resume", null, canResume, () => act("resume")),
+              ENDED.has(job.status)
+                ? button("delete-button", "Delete", "subtle", true, () => act("delete"))
+                : null,
+            ),
       ),
       h(
         "div",
@@ -347,7 +357,12 @@ export function renderJob(root, jobId, tab) {
     lastDrawn = drawn;
     if (tab === "details" && !details.config) buildDetails();
     else drawConfig();
-    const fresh = await feed.poll();
+    if (tab === "metrics" && !ENDED.has(job.status) && !feed.source && Date.now() >= streamAfter) {
+      const renew = streamAfter > 0; // the last stream broke: its cookie may have expired
+      streamAfter = Date.now() + RESTREAM_MS;
+      feed.follow((count) => count && !disposed && drawMetrics(), renew).catch(() => {});
+    }
+    const fresh = feed.live ? 0 : await feed.poll();
     if (disposed) return;
     if (fresh || !grid?.charts.size) drawMetrics();
     if (tab === "rollouts" && rollouts && !(rolloutsSettled && ENDED.has(job.status))) {
@@ -388,6 +403,7 @@ export function renderJob(root, jobId, tab) {
   return () => {
     disposed = true;
     stop();
+    feed.dispose();
     grid?.destroy();
     rollouts?.dispose();
   };
