@@ -228,6 +228,16 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class JobsConfig:
+    max_restarts: int = 3  # job server: resumes after a worker is killed (OOM, lost node); 0 = off
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    check: bool = True  # refuse to start a job whose estimated peak memory does not fit here
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str = "openrft-run"  # run name, used for the default output directory
     output_dir: str = "runs"  # where `train` creates RUN_DIR when --output is not given
@@ -244,6 +254,8 @@ class JobConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
 
 # tracking.backends' names (openrft.metrics.trackers opens them).
@@ -282,6 +294,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "algo.overlong_penalty": (0.0, 1000.0),
     "algo.sampler_correction_cap": (1.0, 1_000_000.0),
     "algo.logprob_chunk_tokens": (1, 1_000_000),
+    "jobs.max_restarts": (0, 100),
     "train.prompts_per_step": (1, 100_000),
     "train.micro_batch_size": (1, 100_000),
     "train.mini_batches": (1, 1024),
@@ -330,11 +343,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError("<file>", f"config file not found: {path}") from exc
+        except OSError as exc:
+            raise ConfigError("<file>", f"cannot read {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("<file>", f"{path} is not UTF-8 text (byte {exc.start})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("<file>", f"{path} is not valid TOML: {exc}") from exc
+        except RecursionError as exc:  # tomllib recurses once per level of nesting
+            raise ConfigError("<file>", f"{path} nests arrays or tables too deeply") from exc
     for item in overrides or []:
         apply_override(raw, item)
     return config_from_dict(raw)
@@ -346,10 +365,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(item, "an override must look like section.key=value")
     key, text = item.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(item, "an override must look like section.key=value")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare word such as cosine or path/to/file.jsonl
+    except RecursionError as exc:
+        raise ConfigError(key, "the value nests arrays or tables too deeply") from exc
     table = raw
     for part in parts[:-1]:
         table = table.setdefault(part, {})

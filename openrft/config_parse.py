@@ -17,6 +17,7 @@ from typing import Any, Literal
 from openrft.errors import ConfigError
 
 ADVANTAGE_SCALING_ALIASES = {"group": "grpo", "none": "drgrpo"}
+MAX_DEPTH = 64  # levels of nesting in a table-valued field (reward.grader, env.verifiers_args)
 
 # Bedrock RFTHyperParameters names -> (native field, Bedrock's allowed range or None).
 BEDROCK_ALIASES: dict[str, tuple[str, tuple[float, float] | None]] = {
@@ -76,7 +77,7 @@ def apply_advantage_scaling(raw: dict[str, Any]) -> dict[str, Any]:
             "std of the rewards) has no exact equivalent: the nearest is algo.advantage = "
             "'reinforce_pp_baseline' (group-centred, then whitened over the batch)",
         )
-    if old not in ADVANTAGE_SCALING_ALIASES:
+    if not isinstance(old, str) or old not in ADVANTAGE_SCALING_ALIASES:
         raise ConfigError(
             "algo.advantage_scaling", f"{old!r}: this field was replaced by algo.advantage"
         )
@@ -98,7 +99,9 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            where = f"{prefix}{key}"
+            # An empty, blank or unprintable key is shown quoted, so the message shows it.
+            shown = key if isinstance(key, str) and key.strip() and key.isprintable() else repr(key)
+            where = f"{prefix}{shown}"
             raise ConfigError(where, f"unknown field{suggest(key, known)}")
     values = {}
     for f in dataclasses.fields(cls):
@@ -130,6 +133,7 @@ def coerce(name: str, hint: Any, value: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(name, f"must be a table, got {value!r}")
+        check_writable(name, value)
         return copy.deepcopy(value)
     if origin is tuple:
         if isinstance(value, str):
@@ -153,8 +157,59 @@ def coerce(name: str, hint: Any, value: Any) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(name, f"must be a string, got {value!r}")
+        check_writable(name, value)
         return value
     raise ConfigError(name, f"unsupported type {hint}")
+
+
+def check_writable(name: str, value: Any) -> None:
+    """Refuse what the config could not be written back as (config.toml of every run): text
+    that is not Unicode (a lone surrogate, from JSON's \\ud800 or undecodable command-line
+    bytes), null in an array (TOML has none), nesting deeper than MAX_DEPTH levels."""
+    stack: list[tuple[str, Any, int]] = [(name, value, 0)]
+    while stack:
+        where, item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(where, f"nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str) and not _is_unicode(item):
+            raise ConfigError(where, f"{item!r:.80} is not valid Unicode text")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str) or not _is_unicode(key):
+                    raise ConfigError(where, f"key {key!r:.80} is not valid Unicode text")
+                stack.append((f"{where}.{key}", child, depth + 1))
+        elif isinstance(item, list | tuple):
+            for index, child in enumerate(item):
+                if child is None:
+                    raise ConfigError(f"{where}[{index}]", "null is not a TOML value")
+                stack.append((f"{where}[{index}]", child, depth + 1))
+
+
+def check_body(body: dict[str, Any], limit: int = MAX_DEPTH) -> None:
+    """Refuse a request body (JSON) that nests deeper than `limit` levels (copying or checking
+    it would exhaust Python's stack) or holds text that is not Unicode (a lone surrogate, which
+    JSON's \\ud800 escape makes, could be neither stored nor answered), naming the member."""
+    for key, value in body.items():
+        field = key if _is_unicode(key) else repr(key)
+        stack = [(key, 0), (value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, str) and not _is_unicode(item):
+                raise ConfigError(field, f"{item!r:.80} is not valid Unicode text")
+            if not isinstance(item, dict | list):
+                continue
+            if depth > limit:
+                raise ConfigError(field, f"nests deeper than {limit} levels")
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def suggest(name: str, options: Any) -> str:

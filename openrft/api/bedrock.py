@@ -37,7 +37,7 @@ from openrft.api.bedrock_shapes import (
     sort_by_time,
 )
 from openrft.api.views import service_of
-from openrft.config_parse import BEDROCK_SECTION
+from openrft.config_parse import BEDROCK_SECTION, check_body
 from openrft.errors import ConfigError
 from openrft.jobs.model import Job
 from openrft.jobs.service import JobService
@@ -61,6 +61,9 @@ KEPT = (
     "customModelTags",
 )
 HYPER = f"customizationConfig.rftConfig.{BEDROCK_SECTION}"
+# Members that are objects when given (Bedrock's structures).
+OBJECTS = ("trainingDataConfig", "validationDataConfig", "outputDataConfig", "customizationConfig",
+           "vpcConfig", "openrftConfig")  # fmt: skip
 
 
 @router.post("/model-customization-jobs", status_code=201)
@@ -103,10 +106,12 @@ def bedrock_config(
     if not isinstance(extension, dict):
         raise ConfigError("openrftConfig", "must be an object (openrft's config as JSON)")
     raw = copy.deepcopy(extension)
-    raw.setdefault("model", {})["name"] = body["baseModelIdentifier"]
-    data = raw.setdefault("data", {})
+    _section(raw, "model")["name"] = body["baseModelIdentifier"]
+    data = _section(raw, "data")
     data["train_file"] = _training_location(body.get("trainingDataConfig"))
-    validators = (body.get("validationDataConfig") or {}).get("validators") or []
+    validators = _member(body, "validationDataConfig").get("validators") or []
+    if not isinstance(validators, list):
+        raise ConfigError("validationDataConfig.validators", "must be a list of validators")
     if len(validators) > 1:
         raise ConfigError("validationDataConfig.validators", "takes one validator here")
     if validators:
@@ -116,7 +121,26 @@ def bedrock_config(
     return _grader(raw, rft)
 
 
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """A table of openrftConfig that the request fills in; it must be an object if given."""
+    table = raw.setdefault(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"openrftConfig.{name}", "must be an object")
+    return table
+
+
+def _member(table: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    """An optional object member of the request ({} when absent or null)."""
+    value = table.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{key}", f"must be an object, got {type(value).__name__}")
+    return value
+
+
 def _check_request(body: dict[str, Any]) -> None:
+    check_body(body)  # before any copy or walk of a member: deep JSON exhausts the stack
+    for key in OBJECTS:
+        _member(body, key)
     for key in ("jobName", "customModelName", "baseModelIdentifier"):
         if not isinstance(body.get(key), str) or not body[key]:
             raise ConfigError(key, "is required (a non-empty string)")
@@ -143,7 +167,7 @@ def _rft_config(customization: Any) -> dict[str, Any]:
 
 
 def _rft_hyperparameters(rft: dict[str, Any]) -> dict[str, Any]:
-    hyper = dict(rft.get("hyperParameters") or {})
+    hyper = dict(_member(rft, "hyperParameters", "customizationConfig.rftConfig."))
     if "reasoningEffort" in hyper:
         # Bedrock sets how long a reasoning model thinks; openrft's models have no such
         # control, and quietly training without it would not be what was asked for.
@@ -157,7 +181,9 @@ def _rft_hyperparameters(rft: dict[str, Any]) -> dict[str, Any]:
 def _grader(
     raw: dict[str, Any], rft: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
-    arn = ((rft.get("graderConfig") or {}).get("lambdaGrader") or {}).get("lambdaArn")
+    where = "customizationConfig.rftConfig."
+    grader = _member(rft, "graderConfig", where)
+    arn = _member(grader, "lambdaGrader", f"{where}graderConfig.").get("lambdaArn")
     if arn is None:
         return raw, None, None
     if not isinstance(arn, str) or not arn:
@@ -166,7 +192,7 @@ def _grader(
         return raw, {"type": "lambda", "name": "lambda", "url": arn}, None
     if is_lambda_arn(arn):
         return raw, None, arn
-    raw.setdefault("reward", {})["grader"] = arn
+    _section(raw, "reward")["grader"] = arn
     return raw, None, None
 
 

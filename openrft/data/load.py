@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 _RESERVED = ("messages", "reference_answer", "id", "metadata")
+MAX_DEPTH = 100  # levels of arrays and objects in one row
 T = TypeVar("T")
 
 
@@ -85,12 +86,9 @@ def validate_line(text: str, file: str, line: int) -> tuple[Example | None, list
     def error(field: str, message: str) -> RowError:
         return RowError(file, line, field, message)
 
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, [error("", f"not valid JSON: {exc.msg} at column {exc.colno}")]
-    if not isinstance(row, dict):
-        return None, [error("", f"a row must be a JSON object, got {_json_type(row)}")]
+    row, problem = parse_row(text)
+    if row is None:
+        return None, [error("", problem)]
     errors = [error(f, m) for f, m in _message_problems(row)]
     if isinstance(row.get("messages"), list):
         errors += [error(f, m) for f, m in tool_turn_problems(row["messages"])]
@@ -111,6 +109,37 @@ def validate_line(text: str, file: str, line: int) -> tuple[Example | None, list
     if "id" not in row:
         example = replace(example, id=content_id(example))
     return example, []
+
+
+def parse_row(text: str) -> tuple[dict[str, Any] | None, str]:
+    """(row, "") for a JSONL line holding a JSON object, else (None, what is wrong with it).
+    Nesting deeper than MAX_DEPTH is refused: no row needs it, and walking it (the tool
+    schema check, the content id) would exhaust Python's stack."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return None, f"not usable JSON: nests deeper than {MAX_DEPTH} levels"
+    if not isinstance(row, dict):
+        return None, f"a row must be a JSON object, got {_json_type(row)}"
+    if _nests_deeper(row, MAX_DEPTH):
+        return None, f"not usable JSON: nests deeper than {MAX_DEPTH} levels"
+    return row, ""
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels (without recursing)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def message_list_problems(row: dict[str, Any]) -> tuple[list[tuple[str, str]], list[Any]]:

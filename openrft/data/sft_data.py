@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from openrft.data.load import _id_problems, _json_type, message_list_problems, validate_line
+from openrft.data.load import _id_problems, message_list_problems, parse_row, validate_line
 from openrft.data.render import render_prompt, template_messages
 from openrft.errors import DatasetError, RowError
 from openrft.types import Message
@@ -99,13 +99,9 @@ def validate_sft_line(
     text: str, file: str, line: int
 ) -> tuple[Conversation | None, list[RowError]]:
     """One SFT JSONL line as a `Conversation` (None when it has errors) and its problems."""
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, [RowError(file, line, "", f"not valid JSON: {exc.msg} at column {exc.colno}")]
-    if not isinstance(row, dict):
-        got = _json_type(row)
-        return None, [RowError(file, line, "", f"a row must be a JSON object, got {got}")]
+    row, problem = parse_row(text)
+    if row is None:
+        return None, [RowError(file, line, "", problem)]
     problems = _conversation_problems(row) + _id_problems(row)
     if problems:
         return None, [RowError(file, line, field, message) for field, message in problems]

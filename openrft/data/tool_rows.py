@@ -57,6 +57,8 @@ def tool_schema_problems(tools: Any) -> list[tuple[str, str]]:
             problems.append(
                 (f"{field}.parameters{where}", f"not valid JSON Schema: {error.message}")
             )
+        except RecursionError:  # the metaschema check recurses several frames per level
+            problems.append((f"{field}.parameters", "JSON Schema nests too deeply to check"))
     return problems
 
 
@@ -105,6 +107,9 @@ def _call_problems(field: str, call: Any, open_calls: set[str]) -> list[tuple[st
             arguments = json.loads(arguments)
         except json.JSONDecodeError as error:
             problems.append((f"{field}.function.arguments", f"not valid JSON: {error.msg}"))
+            return problems
+        except RecursionError:
+            problems.append((f"{field}.function.arguments", "not usable JSON: nests too deeply"))
             return problems
     if not isinstance(arguments, dict):
         problems.append((f"{field}.function.arguments", "must be a JSON object (as a string)"))

@@ -204,6 +204,8 @@ def decode_payload(content: bytes) -> list[Any] | GradeError:
         payload = json.loads(content)
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         return GradeError("invalid_output", f"response is not valid JSON ({exc}): {_snip(content)}")
+    except RecursionError:
+        return GradeError("invalid_output", f"response JSON nests too deeply: {_snip(content)}")
     if isinstance(payload, dict) and "statusCode" in payload and "body" in payload:
         return _unwrap_proxy(payload)
     return _as_results(payload)
@@ -215,10 +217,11 @@ def _unwrap_proxy(payload: dict[str, Any]) -> list[Any] | GradeError:
         try:
             raw = base64.b64decode(body) if payload.get("isBase64Encoded") else body
             body = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            why = "nests too deeply" if isinstance(exc, RecursionError) else exc
             if isinstance(status, int) and not 200 <= status < 300:
                 return GradeError("server_error", f"statusCode {status}: {_snip(body)}")
-            return GradeError("invalid_output", f"body is not valid JSON ({exc}): {_snip(body)}")
+            return GradeError("invalid_output", f"body is not valid JSON ({why}): {_snip(body)}")
     if isinstance(status, int) and not 200 <= status < 300:
         return GradeError("server_error", f"statusCode {status}: {_lambda_error(body)}")
     return _as_results(body)
@@ -230,7 +233,7 @@ def _as_results(payload: Any) -> list[Any] | GradeError:
     if isinstance(payload, dict) and "errorMessage" in payload:
         return GradeError("server_error", _lambda_error(payload))
     shape = f"object with keys {sorted(payload)[:8]}" if isinstance(payload, dict) else "value"
-    got = f"{type(payload).__name__} {shape}: {_snip(json.dumps(payload))}"
+    got = f"{type(payload).__name__} {shape}: {_snip(_dumps(payload))}"
     return GradeError("invalid_output", f"expected a JSON list of results, got a {got}")
 
 
@@ -327,7 +330,7 @@ def _reported_error(entry_id: Any, error: Any, latency: float) -> Grade:
 def _http_error(url: str, response: httpx.Response) -> str:
     try:
         payload = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
         payload = None
     detail = _lambda_error(payload) if isinstance(payload, dict) else _snip(response.content)
     return f"{url} answered HTTP {response.status_code}: {detail}"
@@ -337,7 +340,15 @@ def _lambda_error(payload: Any) -> str:
     if isinstance(payload, dict) and "errorMessage" in payload:
         kind = payload.get("errorType") or "Error"
         return clip_message(f"Lambda error {kind}: {payload['errorMessage']}")
-    return _snip(payload if isinstance(payload, str | bytes) else json.dumps(payload))
+    return _snip(payload if isinstance(payload, str | bytes) else _dumps(payload))
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of a parsed value for an error message; json reads deeper than it writes."""
+    try:
+        return json.dumps(value)
+    except RecursionError:
+        return "<JSON nested too deeply to show>"
 
 
 def _snip(text: str | bytes) -> str:

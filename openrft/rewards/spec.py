@@ -99,15 +99,19 @@ def get_choice(
 def load_grader_file(path: str | Path) -> dict[str, Any]:
     """A grader spec from TOML or JSON. `{"grader": {...}}` (OpenAI's request body) is unwrapped."""
     path = Path(path)
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise GraderError(f"grader file {path}: cannot read: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise GraderError(f"grader file {path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "TOML"
         raise GraderError(f"grader file {path}: not valid {kind}: {exc}") from exc
+    except RecursionError as exc:  # both parsers recurse once per level of nesting
+        raise GraderError(f"grader file {path}: {kind} nests too deeply") from exc
     if isinstance(data, dict) and set(data) == {"grader"} and isinstance(data["grader"], dict):
         data = data["grader"]
     if not isinstance(data, dict):

@@ -5,6 +5,7 @@ they are, other JSON values as JSON. A path that does not resolve is a TemplateE
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -12,6 +13,7 @@ from openrft.types import Sample
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 NAMESPACES = ("sample", "item")
+_INDEX = re.compile(r"-?[0-9]{1,18}", re.ASCII)  # a list index in a path: item.messages.-1
 
 
 class TemplateError(ValueError):
@@ -23,7 +25,7 @@ def openai_sample(sample: Sample) -> dict[str, Any]:
     text = sample.response
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply for json to read
         parsed = None
     return {
         "output_text": text,
@@ -59,12 +61,8 @@ def resolve(path: str, namespaces: dict[str, Any]) -> Any:
     for part in rest:
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif (
-            isinstance(value, list)
-            and part.lstrip("-").isdigit()
-            and -len(value) <= int(part) < len(value)
-        ):
-            value = value[int(part)]
+        elif isinstance(value, list) and -len(value) <= _index(part) < len(value):
+            value = value[_index(part)]
         else:
             raise TemplateError(f"'{{{{ {path} }}}}': no '{part}' in {head}")
     if path == "item.reference_answer" and value is None:
@@ -73,12 +71,26 @@ def resolve(path: str, namespaces: dict[str, Any]) -> Any:
     return value
 
 
+def _index(part: str) -> float:
+    """A path part as a list index; inf (out of every list's range) when it is not one.
+    ASCII digits only: str.isdigit also accepts "²", which int() refuses."""
+    return int(part) if _INDEX.fullmatch(part) else math.inf
+
+
 def render(template: str, sample: dict[str, Any], item: dict[str, Any]) -> str:
     namespaces = {"sample": sample, "item": item}
 
     def substitute(match: re.Match[str]) -> str:
         value = resolve(match.group(1), namespaces)
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if isinstance(value, str):
+            return value
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            problem = "nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise TemplateError(
+                f"'{{{{ {match.group(1)} }}}}': cannot write as JSON: {problem}"
+            ) from None
 
     template_paths(template)
     return PLACEHOLDER.sub(substitute, template)
