@@ -10,6 +10,7 @@ RFTError
     WeightSyncError  a sampling copy (vLLM, the compact decoder, a bf16 copy) does not hold
                      the trainer's weights after a sync
   CheckpointError  a checkpoint is missing, partial or from another config
+  RunFileError     a run's log could not be written (a full disk) or read back
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class RolloutError(RFTError):
 
 class WeightSyncError(RolloutError):
     """A sampling copy of the weights does not compute the trainer's model after a sync."""
+
+
+class RunFileError(RFTError):
+    pass
 
 
 class CheckpointError(RFTError):

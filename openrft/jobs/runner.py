@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from openrft.config import JobsConfig
 from openrft.jobs import runfiles
 from openrft.jobs.model import ACTIVE, Job, JobConflict, JobStatus
 from openrft.jobs.store import Store
@@ -35,14 +36,25 @@ from openrft.jobs.workers import (
     Worker,
     failure_message,
     is_worker_of,
+    killed_by,
+    memory_note,
     signal_worker,
     spawn_worker,
     worker_command,
 )
+from openrft.train.checkpoint import list_checkpoints
 from openrft.train.status import read_status
 
 log = logging.getLogger(__name__)
 S = JobStatus
+RESTARTS = "restarts"  # Job.extra key: automatic restarts since the job was last started by hand
+
+
+def max_restarts(job: Job) -> int:
+    """The job's jobs.max_restarts (validated when the job was created)."""
+    section = job.config.get("jobs")
+    value = section.get("max_restarts") if isinstance(section, dict) else None
+    return int(value) if isinstance(value, int) else JobsConfig.max_restarts
 
 
 class Runner:
@@ -155,7 +167,13 @@ class Runner:
                 raise JobConflict(
                     f"job {job_id} is {job.status.value}; only Stopped or Failed jobs resume"
                 )
-            job = self.store.transition(job_id, S.QUEUED, "resume requested", stop_reason=None)
+            job = self.store.transition(
+                job_id,
+                S.QUEUED,
+                "resume requested",
+                stop_reason=None,
+                extra={**job.extra, RESTARTS: 0},  # a resumed job has its restarts again
+            )
         self.wake()
         return job
 
@@ -195,15 +213,16 @@ class Runner:
                 self._watch(worker)
 
     def _watch(self, worker: Worker) -> None:
+        worker.sample_memory()
         returncode = worker.poll()
         job = self._observe(worker)
         if returncode is None:
             return
         del self.workers[worker.job_id]
         if worker.process is None:
-            self._settle_without_code(job, "its adopted worker is gone")
+            self._settle_without_code(job, "its adopted worker is gone", worker.peak_rss)
         else:
-            self._settle(job, returncode)
+            self._settle(job, returncode, worker.peak_rss)
 
     def _observe(self, worker: Worker) -> Job:
         """Copy the worker's status.json and new metrics lines into the job."""
@@ -229,10 +248,11 @@ class Runner:
             changes["latest"] = runfiles.update_latest(job.latest, records)
         return self.store.update_job(job.id, **changes) if changes else job
 
-    def _settle(self, job: Job, returncode: int) -> None:
+    def _settle(self, job: Job, returncode: int, peak_rss: int = 0) -> None:
         """Record how a worker this server started has ended."""
         self.store.add_event(job.id, f"worker exited with code {returncode}")
         stopped = returncode == EXIT_STOPPED or returncode == -signal.SIGTERM
+        killed = killed_by(returncode)
         if returncode == EXIT_COMPLETED:
             self._complete(job)
         elif stopped and job.status is S.STOPPING:
@@ -241,12 +261,56 @@ class Runner:
             self._requeue(job, "the server stopped the worker to shut down")
         elif stopped:
             self._end(job, S.STOPPED, "the worker was stopped by a signal from outside the server")
+        elif killed is not None and job.status is S.STOPPING:
+            self._end(job, S.STOPPED, f"the worker was killed by {killed.name} while stopping")
+        elif killed is not None:
+            why = f"the worker was killed by {killed.name}"
+            self._restart_or_fail(job, why, peak_rss, returncode)
         else:
             self._fail(job, failure_message(returncode, self.run_dir(job.id)))
 
-    def _settle_without_code(self, job: Job, why: str) -> None:
+    def _restart_or_fail(
+        self, job: Job, why: str, peak_rss: int, returncode: int | None = None
+    ) -> None:
+        """A worker that died from outside (the OOM killer, a lost node, a native crash, a
+        machine that went down with the server) is resumed from the run's last checkpoint,
+        up to `jobs.max_restarts` times; then the job fails, naming the cause. A worker this
+        server started is started again at once, the job staying InProgress; one found gone
+        (adopted, or at server start) is queued ahead of the others."""
+        run_dir = self.run_dir(job.id)
+        restarts, limit = int(job.extra.get(RESTARTS, 0)), max_restarts(job)
+        cause = f"{why}; " + memory_note(peak_rss) if peak_rss else why
+        if restarts >= limit:
+            tries = f"after {restarts} restart{'s' * (restarts != 1)} " if restarts else ""
+            message = f"{cause}; {tries}(jobs.max_restarts = {limit})"
+            tail = failure_message(returncode, run_dir).partition("\n")[2]
+            self._fail(job, message + (f"\n{tail}" if tail else ""))
+            return
+        checkpoints = list_checkpoints(run_dir)
+        where = f"checkpoints/{checkpoints[-1].name}" if checkpoints else "the start"
+        counted = {**job.extra, RESTARTS: restarts + 1}
+        step = f"restart {restarts + 1} of {limit}"
+        if returncode is None or job.status is not S.IN_PROGRESS:
+            self.store.update_job(job.id, extra=counted)
+            self._requeue(self.store.get_job(job.id), f"{cause}; {step}")
+            return
+        try:
+            worker = spawn_worker(job.id, run_dir, worker_command(run_dir, True, self.python))
+        except OSError as exc:
+            self._fail(job, f"{cause}; restarting it failed: {exc}")
+            return
+        self.workers[job.id] = worker
+        self.store.add_event(
+            job.id,
+            f"{cause}; {step}: resuming from its last checkpoint ({where}), worker pid "
+            f"{worker.pid}",
+            "warning",
+        )
+        self.store.update_job(job.id, pid=worker.pid, resume=True, extra=counted)
+
+    def _settle_without_code(self, job: Job, why: str, peak_rss: int = 0) -> None:
         """Record how a worker ended when there is no exit code (adopted, or found gone on
-        start): from the run's status.json."""
+        start): from the run's status.json. One that died mid-run counts as a restart."""
         stage = (read_status(self.run_dir(job.id)) or {}).get("stage")
         if stage == "completed":
             self._complete(job)
@@ -254,8 +318,12 @@ class Runner:
             self._fail(job, failure_message(None, self.run_dir(job.id)))
         elif stage == "stopped" and job.status is S.STOPPING:
             self._end(job, S.STOPPED, f"{why}; it had checkpointed and stopped as asked")
-        else:
+        elif stage == "stopped":  # the server that shut down stopped it
             self._requeue(job, why)
+        elif job.status is S.STOPPING:
+            self._end(job, S.STOPPED, f"{why}; it died while stopping")
+        else:
+            self._restart_or_fail(job, why, peak_rss)
 
     def _complete(self, job: Job) -> None:
         details = dict.fromkeys(job.status_details, "Completed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,9 +38,24 @@ class Worker:
     process: subprocess.Popen[bytes] | None
     metrics: MetricsTail = field(init=False)
     stage: str | None = None
+    peak_rss: int = 0  # bytes: the most the worker and its children used at one poll
 
     def __post_init__(self) -> None:
         self.metrics = MetricsTail(self.run_dir / "metrics.jsonl")
+
+    def sample_memory(self) -> None:
+        """Keep the peak resident memory of the worker's process tree: what names the cause
+        when the OOM killer ends it (its own metrics stop at its last finished step)."""
+        try:
+            root = psutil.Process(self.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        self.peak_rss = max(self.peak_rss, total)
 
     def poll(self) -> int | None:
         """The exit code once the worker has exited; -1 for an adopted worker that is gone."""
@@ -112,6 +128,35 @@ def kill_worker_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+# Signals that end a worker from outside without it failing: the OOM killer and a lost node
+# (SIGKILL), a crash in native code (SIGSEGV, SIGBUS, SIGABRT). The job server resumes such a
+# job from its last checkpoint, up to jobs.max_restarts times.
+RESTARTABLE_SIGNALS = frozenset(
+    {signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGHUP}
+)
+
+
+def killed_by(returncode: int | None) -> signal.Signals | None:
+    """The signal that ended a worker, when it is one the job server resumes after."""
+    if returncode is None or returncode >= 0 or returncode == -1:
+        return None
+    signum = signal.Signals(-returncode)
+    return signum if signum in RESTARTABLE_SIGNALS else None
+
+
+def memory_note(peak_rss: int) -> str:
+    """The worker's peak memory against the machine's, and the knobs that lower it."""
+    total = psutil.virtual_memory().total
+    gb = 1024**3
+    note = f"its peak memory was {peak_rss / gb:.1f} GB of the machine's {total / gb:.1f} GB"
+    if peak_rss >= 0.8 * total:
+        note += (
+            " (probably the OOM killer: lower train.micro_batch_size, rollout.batch_size or "
+            "rollout.max_new_tokens; `openrft preflight` estimates the peak)"
+        )
+    return note
+
+
 def failure_message(returncode: int | None, run_dir: Path) -> str:
     """What made a worker fail: status.json's message (the error the run raised, naming its
     cause), else the exit code or signal and the last lines of worker.log."""
@@ -124,5 +169,25 @@ def failure_message(returncode: int | None, run_dir: Path) -> str:
         how = f"the worker was killed by {signal.Signals(-returncode).name}"
     else:
         how = f"the worker exited with code {returncode}"
+    full = disk_full_note(run_dir)
+    if full:
+        how = f"{how}; {full}"
     tail = log_tail(run_dir / LOG_NAME)
     return f"{how}; last lines of worker.log:\n{tail}" if tail else how
+
+
+FULL_DISK_BYTES = 16 * 1024**2  # less than this free: the disk is why a worker could not go on
+
+
+def disk_full_note(run_dir: Path) -> str:
+    """'the disk of RUN_DIR is full (...)' when it is nearly full, else ''."""
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return ""
+    if free >= FULL_DISK_BYTES:
+        return ""
+    return (
+        f"the disk of {run_dir} is full ({free / 1024**2:.1f} MB free): free space, then "
+        "resume the job (it continues from its last checkpoint)"
+    )

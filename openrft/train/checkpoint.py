@@ -12,6 +12,7 @@ last `keep_last` and the `keep_best` best by the run's metric.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ from safetensors.torch import load_file
 
 from openrft.config import JobConfig, dump_config
 from openrft.errors import CheckpointError
+from openrft.metrics.writer import disk_free
 from openrft.train.policy import Policy
 
 
@@ -59,10 +61,39 @@ def save_checkpoint(
     metric: float | None = None,
 ) -> Path:
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{position.step}"
     tmp = root / f".step-{position.step}.tmp"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write(tmp, position, policy, optimizer, scheduler, config, metric)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        failure = str(exc)
+    # Outside the except block: the traceback, which holds the failed writer and its open
+    # file, is gone, so removing the partial copy gives its space back.
+    gc.collect()
     shutil.rmtree(tmp, ignore_errors=True)
+    earlier = [p.name for p in list_checkpoints(run_dir) if p != final]
+    kept = f"{earlier[-1]} is intact" if earlier else "there is no earlier checkpoint"
+    raise CheckpointError(
+        f"could not write checkpoint {final}: {failure} ({disk_free(root)}); {kept}: "
+        "free space and resume the run"
+    )
+
+
+def _write(
+    tmp: Path,
+    position: TrainPosition,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: JobConfig,
+    metric: float | None,
+) -> None:
+    """Every file of a checkpoint into `tmp`, each flushed to disk, checksums last."""
     policy.save(tmp / "model")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -78,9 +109,6 @@ def save_checkpoint(
     sums = {name: _sha256(tmp / name) for name in _files(tmp)}  # each file flushed to disk
     (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
     _flush(tmp / CHECKSUMS)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
 
 
 CHECKSUMS = "checksums.json"

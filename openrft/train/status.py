@@ -8,6 +8,9 @@ import os
 import time
 from pathlib import Path
 
+from openrft.errors import RunFileError
+from openrft.metrics.writer import disk_free
+
 STAGES = ("loading", "data_processing", "validation", "training", "completed", "stopped", "failed")
 
 
@@ -22,8 +25,13 @@ def write_status(
         "time": time.time(),
     }
     tmp = run_dir / ".status.json.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, run_dir / "status.json")
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, run_dir / "status.json")
+    except OSError as exc:  # a full disk: say which file and how much room is left
+        tmp.unlink(missing_ok=True)
+        where = run_dir / "status.json"
+        raise RunFileError(f"cannot write {where}: {exc} ({disk_free(tmp)})") from exc
 
 
 def read_status(run_dir: Path) -> dict | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import Served, serve_dir
+from .processes import ServerProcess, kill_workers
 
 
 @pytest.fixture
@@ -33,3 +34,14 @@ def start_server(tmp_path) -> Iterator[Callable[..., Served]]:
     yield start
     for served in reversed(started):
         served.stop()
+
+
+@pytest.fixture
+def servers(tmp_path) -> Iterator[list[ServerProcess]]:
+    """Server processes a test starts over tmp_path/data; killed, with their workers, after."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()
+    kill_workers(tmp_path / "data")

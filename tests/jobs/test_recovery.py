@@ -46,7 +46,7 @@ def left_active(
         (S.IN_PROGRESS, "completed", S.COMPLETED),
         (S.IN_PROGRESS, "failed", S.FAILED),
         (S.IN_PROGRESS, "stopped", S.QUEUED),  # the old server's shutdown stopped it
-        (S.STOPPING, "training", S.QUEUED),  # died before it could stop
+        (S.STOPPING, "training", S.STOPPED),  # died before it could stop: as asked
         (S.STOPPING, "stopped", S.STOPPED),  # stopped as asked while no server watched
     ],
 )
@@ -61,6 +61,26 @@ def test_jobs_whose_worker_is_gone(tmp_path, status, stage, expected):
         assert "resume from its last checkpoint" in store.list_events(job.id)[-1].message
     if expected is S.FAILED:
         assert recovered.failure_message == "DatasetError: d.jsonl:2: id: bad"
+    # A worker that died mid-run counts against jobs.max_restarts; a shutdown's stop does not.
+    died = stage in (None, "training") and expected is S.QUEUED
+    assert recovered.extra.get("restarts", 0) == died
+
+
+def test_a_dead_worker_with_no_restarts_left_fails_the_job(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    job = store.add_job(
+        Job(id=new_job_id(), name="t", status=S.QUEUED, config={"jobs": {"max_restarts": 1}})
+    )
+    store.transition(job.id, S.IN_PROGRESS, pid=dead_pid(), resume=True)
+    store.update_job(job.id, extra={"restarts": 1})
+    (tmp_path / "jobs" / job.id).mkdir(parents=True)
+    write_status(tmp_path / "jobs" / job.id, "training", 2, 4)
+    Runner(store, tmp_path / "jobs").recover()
+    failed = store.get_job(job.id)
+    assert failed.status is S.FAILED
+    assert failed.failure_message == (
+        "server restarted and the worker is gone; after 1 restart (jobs.max_restarts = 1)"
+    )
 
 
 def test_a_live_worker_is_adopted_and_a_stranger_is_not(tmp_path):
