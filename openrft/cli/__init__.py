@@ -2,6 +2,7 @@
 `python -m openrft.cli` runs it too. Each module adds its commands to the parser:
 
     train.py     openrft train | demo | config
+    preflight.py openrft preflight
     grade.py     openrft grade | grader validate|new|serve
     data.py      openrft data validate|prepare|from-logs
     serve.py     openrft serve
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from openrft.cli import data, evaluate, grade, jobs, serve, sft, train
+from openrft.cli import data, evaluate, grade, jobs, preflight, serve, sft, train
 from openrft.errors import RFTError
 
 # What to tell a user who pressed Ctrl-C, by command handler (only runs can be resumed).
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="openrft", description="Self-hosted reinforcement fine-tuning (GRPO)."
     )
     commands = parser.add_subparsers(metavar="COMMAND")
-    for module in (train, grade, data, serve, evaluate, jobs, sft):  # the order of --help
+    # The order of --help.
+    for module in (train, preflight, grade, data, serve, evaluate, jobs, sft):
         module.add_commands(commands)
     return parser

@@ -126,16 +126,21 @@ def _run(config, run_dir: Path, resume: bool, progress: bool) -> int:
     import threading
 
     from openrft.train.loop import train
+    from openrft.train.preflight_check import check_memory
     from openrft.train.status import write_status
 
     stop = threading.Event()
     # SIGTERM (the job server's stop, `kill PID`) finishes the step and checkpoints.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        check_memory(config)  # before the model loads: refuse a job that will not fit here
         summary = train(config, run_dir, resume=resume, show_progress=progress, stop=stop)
     except RFTError as exc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_status(run_dir, "failed", message=f"{type(exc).__name__}: {exc}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_status(run_dir, "failed", message=f"{type(exc).__name__}: {exc}")
+        except RFTError:  # a full disk: the job server names it from the exit and the disk
+            pass
         raise
     before = "-" if summary.val_before is None else f"{summary.val_before:.3f}"
     after = "-" if summary.val_after is None else f"{summary.val_after:.3f}"

@@ -35,6 +35,7 @@ from openrft.jobs.model import (
 )
 from openrft.jobs.runner import Runner
 from openrft.jobs.store import Store
+from openrft.train.preflight_check import check_memory
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{4,64}$")
 JOB_ID = re.compile(r"^job-[0-9a-f]{4,64}$")
@@ -118,6 +119,9 @@ class JobService:
         if grader_spec is not None:
             raw.setdefault("reward", {})["grader"] = str(run_dir / "grader.json")
         config = self.resolve_config(raw)
+        # A job that will not fit in this machine's memory is refused now, naming the knob
+        # to turn, not after it has waited in the queue and loaded its model (preflight.check).
+        check_memory(config)
         run_dir.mkdir(parents=True)
         if grader_spec is not None:
             (run_dir / "grader.json").write_text(json.dumps(grader_spec, indent=2))
