@@ -2,14 +2,23 @@
 server never loads torch): metrics.jsonl (whole or incrementally), rollouts.jsonl by step,
 checkpoints, status.json mapped onto Bedrock's statusDetails, the tail of worker.log, and
 run-directory paths that cannot escape the directory.
+
+The server answers many readers of the same files (dashboards polling, metrics streams), so
+metrics.jsonl and rollouts.jsonl are read through process-wide caches (`JsonlCache`): each
+call reads only the lines appended since the last one, parses metrics once, and keeps the byte
+ranges of each step's rollouts, so a request costs what is new, not the whole file.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import os
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 from openrft.jobs.model import DETAIL_STAGES, JobError, JobNotFound
 
@@ -33,9 +42,9 @@ STEP_PREFIX = re.compile(rb'^\{"step": (\d+)[,}]')
 
 
 def read_metrics(run_dir: Path, after: int | None = None) -> list[dict[str, Any]]:
-    """The lines of metrics.jsonl with step > after (all when after is None)."""
-    lines = MetricsTail(run_dir / "metrics.jsonl").read_new()
-    return [m for m in lines if after is None or m.get("step", 0) > after]
+    """The lines of metrics.jsonl with step > after (all when after is None). The records are
+    shared with other callers (cached): read them, do not change them."""
+    return _cached(run_dir / "metrics.jsonl", MetricsCache).after(after)
 
 
 class MetricsTail:
@@ -79,24 +88,163 @@ def update_latest(latest: dict[str, Any], records: list[dict[str, Any]]) -> dict
 
 
 def rollout_steps(run_dir: Path) -> list[int]:
-    steps: set[int] = set()
-    for line in _lines(run_dir / "rollouts.jsonl"):
-        step = _line_step(line)
-        if step is not None:
-            steps.add(step)
-    return sorted(steps)
+    return _cached(run_dir / "rollouts.jsonl", RolloutsCache).steps()
 
 
 def rollouts_for_step(run_dir: Path, step: int) -> list[dict[str, Any]]:
-    lines = _lines(run_dir / "rollouts.jsonl")
-    return [json.loads(line) for line in lines if _line_step(line) == step]
+    return _cached(run_dir / "rollouts.jsonl", RolloutsCache).records(step)
 
 
-def _lines(path: Path) -> list[bytes]:
-    try:
-        return [line for line in path.read_bytes().splitlines() if line.strip()]
-    except OSError:
-        return []
+class JsonlCache:
+    """A JSONL file read incrementally under a lock: `_refresh` hands each complete line
+    appended since the last call to `_add` with its byte offset. A file replaced (a resumed
+    run truncates with os.replace), shrunk or rewritten in place is read again from the start;
+    a half-written last line waits for its newline."""
+
+    CHECK = 64  # bytes before the offset compared on each refresh: a rewrite shows there
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.identity: tuple[int, int] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.offset, self.check = 0, b""  # the bytes read so far; the last CHECK of them
+
+    def _add(self, line: bytes, offset: int) -> None:
+        raise NotImplementedError
+
+    def _refresh(self, f: BinaryIO | None) -> None:
+        """Catch up with the open file `f` (None: there is no file); hold self.lock."""
+        if f is None:
+            self.identity = None
+            self._reset()
+            return
+        stat = os.fstat(f.fileno())
+        identity = (stat.st_dev, stat.st_ino)
+        if identity != self.identity or stat.st_size < self.offset:
+            self.identity = identity
+            self._reset()
+        elif self.check:
+            f.seek(self.offset - len(self.check))
+            if f.read(len(self.check)) != self.check:
+                self._reset()
+        if stat.st_size == self.offset:
+            return
+        f.seek(self.offset)
+        chunk = f.read(stat.st_size - self.offset)
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        position = self.offset
+        for line in complete.split(b"\n")[:-1]:
+            if line.strip():
+                self._add(line, position)
+            position += len(line) + 1
+        self.offset += len(complete)
+        if complete:
+            self.check = (self.check + complete)[-self.CHECK :]
+
+    def _open(self) -> BinaryIO | None:
+        try:
+            return self.path.open("rb")
+        except OSError:
+            return None
+
+
+class MetricsCache(JsonlCache):
+    """metrics.jsonl parsed once; `after(step)` finds its place by bisection while the steps
+    rise (they do unless a line is out of order, then it filters)."""
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.records: list[dict[str, Any]] = []
+        self.steps: list[int | float] = []
+        self.ordered = True
+
+    def _add(self, line: bytes, offset: int) -> None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(record, dict):
+            return
+        step = record.get("step", 0)
+        if not isinstance(step, int | float) or (self.steps and step < self.steps[-1]):
+            self.ordered = False
+        self.records.append(record)
+        self.steps.append(step if isinstance(step, int | float) else 0)
+
+    def after(self, after: int | None) -> list[dict[str, Any]]:
+        opened = self._open()
+        with self.lock:
+            try:
+                self._refresh(opened)
+            finally:
+                if opened is not None:
+                    opened.close()
+            if after is None:
+                return list(self.records)
+            if self.ordered:
+                return self.records[bisect.bisect_right(self.steps, after) :]
+            return [m for m in self.records if m.get("step", 0) > after]
+
+
+class RolloutsCache(JsonlCache):
+    """rollouts.jsonl indexed by step: the byte ranges of each step's lines, read (and parsed)
+    only when that step is asked for."""
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.ranges: dict[int, list[tuple[int, int]]] = {}
+
+    def _add(self, line: bytes, offset: int) -> None:
+        step = _line_step(line)
+        if step is not None:
+            self.ranges.setdefault(step, []).append((offset, len(line)))
+
+    def steps(self) -> list[int]:
+        opened = self._open()
+        with self.lock:
+            try:
+                self._refresh(opened)
+            finally:
+                if opened is not None:
+                    opened.close()
+            return sorted(self.ranges)
+
+    def records(self, step: int) -> list[dict[str, Any]]:
+        opened = self._open()
+        if opened is None:
+            with self.lock:
+                self._refresh(None)
+            return []
+        with opened, self.lock:
+            self._refresh(opened)  # the ranges below are of this very file
+            lines = []
+            for offset, length in self.ranges.get(step, []):
+                opened.seek(offset)
+                lines.append(opened.read(length))
+        return [json.loads(line) for line in lines]
+
+
+_CACHES: OrderedDict[tuple[Path, type], JsonlCache] = OrderedDict()
+_CACHES_LOCK = threading.Lock()
+C = TypeVar("C", bound=JsonlCache)
+MAX_CACHED = 32  # files kept (least recently used dropped): the jobs being watched
+
+
+def _cached(path: Path, kind: type[C]) -> C:
+    key = (path, kind)
+    with _CACHES_LOCK:
+        cache = _CACHES.get(key)
+        if cache is None:
+            cache = _CACHES[key] = kind(path)
+            while len(_CACHES) > MAX_CACHED:
+                _CACHES.popitem(last=False)
+        else:
+            _CACHES.move_to_end(key)
+    assert isinstance(cache, kind)
+    return cache
 
 
 def _line_step(line: bytes) -> int | None:

@@ -101,3 +101,36 @@ def test_failure_message_prefers_status_json_then_the_log(tmp_path):
     assert "killed by SIGKILL" in failure_message(-9, tmp_path)
     write_status(tmp_path, "failed", message="DatasetError: x.jsonl:3: messages: bad")
     assert failure_message(1, tmp_path) == "DatasetError: x.jsonl:3: messages: bad"
+
+
+def test_cached_reads_follow_appends_replacements_and_rewrites(tmp_path):
+    metrics, rollouts = tmp_path / "metrics.jsonl", tmp_path / "rollouts.jsonl"
+    assert runfiles.read_metrics(tmp_path) == [] and runfiles.rollout_steps(tmp_path) == []
+    append(metrics, {"step": 0}, {"step": 1})
+    append(rollouts, {"step": 1, "id": "a"}, {"step": 1, "id": "b"})
+    with rollouts.open("a") as f:
+        f.write('{"step": 2, "id": "c"')  # half written: not indexed yet
+    assert [r["step"] for r in runfiles.read_metrics(tmp_path, after=0)] == [1]
+    assert runfiles.rollout_steps(tmp_path) == [1]
+    with rollouts.open("a") as f:
+        f.write("}\n")
+    append(rollouts, {"step": 2, "id": "d"})
+    assert [r["id"] for r in runfiles.rollouts_for_step(tmp_path, 2)] == ["c", "d"]
+    append(metrics, {"step": 2})
+    assert [r["step"] for r in runfiles.read_metrics(tmp_path, after=0)] == [1, 2]
+    # a resume replaces the file (os.replace): read again from the start
+    replaced = tmp_path / "new.jsonl"
+    append(replaced, {"step": 0}, {"step": 1, "resumed": True})
+    replaced.replace(metrics)
+    assert [r.get("resumed") for r in runfiles.read_metrics(tmp_path)] == [None, True]
+    # rewritten in place, longer than before: the changed bytes before the offset show it
+    metrics.write_text("".join(json.dumps({"step": s, "x": "rewritten"}) + "\n" for s in range(4)))
+    assert [r["step"] for r in runfiles.read_metrics(tmp_path, after=1)] == [2, 3]
+    assert {r["x"] for r in runfiles.read_metrics(tmp_path)} == {"rewritten"}
+    rollouts.unlink()  # a deleted run directory
+    assert runfiles.rollout_steps(tmp_path) == [] and runfiles.rollouts_for_step(tmp_path, 1) == []
+
+
+def test_cached_metrics_out_of_order_are_filtered(tmp_path):
+    append(tmp_path / "metrics.jsonl", {"step": 3}, {"step": 1}, {"step": 5}, {"epoch": 1})
+    assert [r.get("step") for r in runfiles.read_metrics(tmp_path, after=2)] == [3, 5]
