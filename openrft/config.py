@@ -183,6 +183,7 @@ class EnvConfig:
     tool_endpoints: dict[str, str] = field(default_factory=dict)  # tool name -> HTTP URL to POST
     tool_headers: dict[str, str] = field(default_factory=dict)  # sent with every endpoint call
     environment: str = ""  # file.py:make_env, module:make_env, or an http(s):// environment service
+    isolation: Literal["process", "thread"] = "process"  # a killable worker per episode, or thread
     agent: str = ""  # file.py:run (an agent trained through an OpenAI client), or "external"
     agent_host: str = "127.0.0.1"  # where the agent proxy listens (0.0.0.0: other machines)
     agent_port: int = 0  # its port; 0 picks a free one (shown in the job's log)

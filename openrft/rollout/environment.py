@@ -11,6 +11,12 @@ returns an object with
 each sync or async. Messages are OpenAI chat dicts; the assistant message carries
 `tool_calls` when the model called tools. docs/agentic.md has a complete example.
 
+Where a user's environment runs (`env.isolation`, see `user_environments`): by default each
+episode's environment lives in a worker process (`EnvironmentWorkers`, one episode at a
+time per worker, workers kept warm across episodes), so a step that hangs or spins is stopped
+by killing its worker at the episode's time limit, and a crash costs that episode alone;
+`"thread"` runs it in the trainer's process, where a step past its time is abandoned.
+
 `ToolEnvironment` is the built-in environment of `env.tools`: it runs the calls of each turn
 and ends the episode at the first turn without calls (the model's answer).
 """
@@ -20,16 +26,33 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import math
+import os
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from openrft.errors import ConfigError
+from openrft.rollout.env_worker import BOOT
 from openrft.rollout.tool_calls import ParsedTurn, ToolCall
+from openrft.rollout.tool_worker import error_location
 from openrft.rollout.tools import ToolBox, import_user_file
+from openrft.rollout.workers import WorkerProcess
+
+# "process": each episode's environment in a worker process, killed when a step overruns.
+# "thread": in this process, where a step past its time is abandoned, not stopped.
+ISOLATIONS = ("process", "thread")
+THREAD_OPT_IN = (
+    'to run it in the trainer\'s process instead, set env.isolation = "thread" '
+    "(docs/agentic.md); a step past the episode's time is then abandoned, not stopped"
+)
+WORKER_START_S = 300.0  # a worker's import of the environment file
+CLOSE_TIMEOUT_S = 30.0  # an environment's close(); then its worker is killed
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,24 @@ class StepResult:
 
 class EnvironmentFailure(Exception):
     """The environment broke its contract or raised: the episode cannot go on."""
+
+
+class WorkerFailure(EnvironmentFailure):
+    """An environment worker's answer: the message already says what raised, and where."""
+
+
+class EnvironmentTimeout(WorkerFailure):
+    """A call to an environment worker overran its bound; the worker was killed."""
+
+
+def describe_step_error(error: BaseException) -> str:
+    """The episode's error for an exception out of step(): "step() raised ValueError('x')
+    (line 12 of my_env.py)"; a worker's or service's failure as it reads."""
+    if isinstance(error, WorkerFailure):
+        return str(error)
+    if isinstance(error, EnvironmentFailure):
+        return f"step() raised {error!r}"
+    return f"step() raised {error!r}{error_location(error)}"
 
 
 def check_step(answer: Any, where: str) -> StepResult:
@@ -221,3 +262,187 @@ def load_environment_factory(
     if not callable(factory):
         raise ConfigError(field, f"{path} has no function {name!r}")
     return factory
+
+
+# -- where a user's environment runs ----------------------------------------------------------
+
+
+def user_environments(
+    reference: str,
+    isolation: str = "process",
+    timeout_s: float = 600.0,
+    where: str | None = None,
+) -> InProcessEnvironments | EnvironmentWorkers:
+    """What makes a job's environments from `reference` (`file.py:make_env` or
+    `module:make_env`): `.make(item)` gives one episode's environment adapter, `.close()`
+    ends them all. `timeout_s` bounds each call to a worker (the episode's limit);
+    `where` names the environment in errors (env.environment as configured)."""
+    if isolation not in ISOLATIONS:
+        raise ConfigError("env.isolation", f"{isolation!r}: use one of {', '.join(ISOLATIONS)}")
+    if isolation == "thread":
+        return InProcessEnvironments(load_environment_factory(reference), where or reference)
+    return EnvironmentWorkers(reference, timeout_s, where or reference)
+
+
+class InProcessEnvironments:
+    """`env.isolation = "thread"`: environments are objects in this process."""
+
+    def __init__(self, factory: Callable[..., Any], where: str):
+        self.factory, self.where = factory, where
+
+    def make(self, item: dict[str, Any]) -> UserEnvironment:
+        return UserEnvironment(self.factory(item), self.where)
+
+    def close(self) -> None:
+        """Nothing to stop: a step still running in a thread cannot be."""
+
+
+class EnvironmentWorkers:
+    """`env.isolation = "process"`: each episode's environment lives in a worker process
+    (openrft/rollout/env_worker.py) from make_env to close(), one episode per worker. A worker
+    is started when no idle one is left (so there are as many as episodes live at once) and
+    kept, warm, for later episodes; one that was killed or died is dropped, and a fresh one
+    starts when next needed. Thread-safe."""
+
+    def __init__(self, reference: str, timeout_s: float, where: str):
+        self.reference, self.timeout_s, self.where = reference, timeout_s, where
+        self.cwd = os.getcwd()  # workers import the file from where the job was built
+        self.path = list(sys.path)
+        self._lock = threading.Lock()
+        self._idle: list[WorkerProcess] = []
+        self._workers: set[WorkerProcess] = set()
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
+        first = self._start()
+        ready = first.await_ready(WORKER_START_S)
+        if not ready.get("ok"):
+            self.close()
+            load_environment_factory(reference)  # fails here too: that error says why
+            raise ConfigError(
+                "env.environment",
+                f"{where} loads in this process but not in a worker process "
+                f"({ready.get('message')}); {THREAD_OPT_IN}",
+            )
+        self._idle.append(first)
+
+    def make(self, item: dict[str, Any]) -> WorkerEnvironment:
+        """An episode's environment, made by make_env(item) in a worker; EnvironmentFailure
+        (the worker free again) if that raised."""
+        try:
+            encoded = json.loads(json.dumps(item))
+        except (TypeError, ValueError) as error:
+            raise EnvironmentFailure(
+                f"the row cannot be sent to an environment worker as JSON ({error}); "
+                f"{THREAD_OPT_IN}"
+            ) from error
+        env = WorkerEnvironment(self, self._take())
+        try:
+            env.call({"op": "make", "item": encoded}, "make_env", self.timeout_s)
+        except BaseException:
+            env.close()
+            raise
+        return env
+
+    def pids(self) -> list[int]:
+        """The workers' process ids (idle and busy)."""
+        with self._lock:
+            return [worker.process.pid for worker in self._workers]
+
+    def close(self) -> None:
+        """Kills every worker; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._idle.clear()
+        self._finalizer()
+
+    def _take(self) -> WorkerProcess:
+        with self._lock:
+            if self._closed:
+                raise EnvironmentFailure("the job's environment workers are closed")
+            if self._idle:
+                return self._idle.pop()
+        worker = self._start()
+        ready = worker.await_ready(WORKER_START_S)
+        if not ready.get("ok"):
+            self._give_back(worker)
+            raise EnvironmentFailure(f"an environment worker could not start: {ready['message']}")
+        return worker
+
+    def _start(self) -> WorkerProcess:
+        config = {
+            "path": self.path,
+            "parent": os.getpid(),
+            "reference": self.reference,
+            "where": self.where,
+        }
+        worker = WorkerProcess([sys.executable, "-c", BOOT, json.dumps(config)], cwd=self.cwd)
+        with self._lock:
+            self._workers.add(worker)
+            if self._closed:  # close() raced with this start
+                worker.signal_kill()
+        return worker
+
+    def _give_back(self, worker: WorkerProcess) -> None:
+        """A worker whose episode is over: kept if it lives and holds no environment."""
+        with self._lock:
+            if worker.alive() and worker.ready is not None and not self._closed:
+                self._idle.append(worker)
+                return
+            self._workers.discard(worker)
+        worker.kill()
+
+
+def _kill_workers(workers: set[WorkerProcess]) -> None:
+    for worker in list(workers):
+        worker.kill()
+    workers.clear()
+
+
+class WorkerEnvironment:
+    """One episode's environment in a worker: the adapter the episode runner uses. Calls come
+    from one thread at a time; `stop()` (the episode's deadline) from any."""
+
+    def __init__(self, pool: EnvironmentWorkers, worker: WorkerProcess):
+        self.pool, self.worker = pool, worker
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def reset(self) -> Any:
+        return self.call({"op": "reset"}, "reset()", self.pool.timeout_s)
+
+    def step(self, turn: ParsedTurn) -> Any:
+        return self.call({"op": "step", "message": turn.message()}, "step()", self.pool.timeout_s)
+
+    def stop(self) -> None:
+        """The episode is over while a call runs: kill the worker (its thread then returns)."""
+        self.worker.signal_kill()
+
+    def close(self) -> None:
+        """close() in the worker (if it still lives), and the worker back to the pool."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.worker.alive():
+                answer = self.worker.request(
+                    {"op": "close"}, min(self.pool.timeout_s, CLOSE_TIMEOUT_S)
+                )
+                if not answer.get("ok"):
+                    self.worker.kill()  # a worker whose environment may live on is not reused
+        self.pool._give_back(self.worker)
+
+    def call(self, request: dict[str, Any], what: str, timeout_s: float) -> Any:
+        with self.lock:
+            if self.closed:
+                raise EnvironmentFailure(f"{what} after the episode's environment was closed")
+            answer = self.worker.request(request, timeout_s)
+        if answer.get("ok"):
+            return answer.get("value")
+        kind, message = answer.get("kind"), answer.get("message", "")
+        if kind == "timeout":
+            raise EnvironmentTimeout(f"{what} did not return within {timeout_s:g} s (stopped)")
+        if kind == "crashed":
+            raise WorkerFailure(f"{what} crashed the environment's process: {message}")
+        if kind == "env_error":
+            raise WorkerFailure(message)
+        raise WorkerFailure(f"{what}: {message}")

@@ -3,7 +3,8 @@
 `run_episodes` is the rollout of an agentic job. For each prompt it makes G environments,
 asks the engine for G episodes, and answers each finished assistant turn through the
 engine's `respond` callback: the turn's tool calls are parsed, the environment's step runs on
-a worker thread (while other episodes keep decoding), its messages are rendered by the
+a worker thread (while other episodes keep decoding; a user's environment itself lives in a
+worker process, openrft.rollout.environment.EnvironmentWorkers), its messages are rendered by the
 bridge (openrft.rollout.bridge: only the new tokens, never the history again) and handed back
 as the tokens to continue with. The in-process engine keeps each episode's KV cache across
 turns; an engine without that (vLLM) runs each turn as a token-id prompt of the whole
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -29,9 +31,11 @@ from openrft.rollout.bridge import ChatBridge
 from openrft.rollout.engine import raw_turn_text
 from openrft.rollout.environment import (
     EnvironmentFailure,
+    EnvironmentTimeout,
     Runner,
     StepResult,
     check_step,
+    describe_step_error,
 )
 from openrft.rollout.tool_calls import ParsedTurn, ToolCallParser
 from openrft.types import Completion, Example, FinishReason, SamplingParams, Segment
@@ -252,6 +256,9 @@ def _start(
             env, reset, env_s = future.result(timeout=setup.limits.timeout_s)
             if reset is not None:
                 opening = tuple(dict(m) for m in reset)
+        except FutureTimeout:  # given up on: an environment made later is closed then
+            future.add_done_callback(_close_late)
+            error = f"make_env/reset did not finish within {setup.limits.timeout_s:g} s"
         except Exception as failure:  # the environment's own error, shown on the episode
             error = f"make_env/reset failed: {failure!r}"
         prompt = list(prompt_ids[index // n])
@@ -273,15 +280,27 @@ def _reset(example: Example, setup: EpisodeSetup) -> tuple[Any, Any, float]:
     making and resetting it took."""
     started = time.monotonic()
     env = setup.make_env(example)
-    reset = env.reset()
-    if reset is not None and hasattr(reset, "__await__"):
-        reset = setup.runner.wait(reset)
-    if reset is not None and (
-        not isinstance(reset, list | tuple)
-        or not all(isinstance(m, dict) and "role" in m for m in reset)
-    ):
-        raise EnvironmentFailure("reset() must return a list of message dicts (or None)")
+    try:
+        reset = env.reset()
+        if reset is not None and hasattr(reset, "__await__"):
+            reset = setup.runner.wait(reset)
+        if reset is not None and (
+            not isinstance(reset, list | tuple)
+            or not all(isinstance(m, dict) and "role" in m for m in reset)
+        ):
+            raise EnvironmentFailure("reset() must return a list of message dicts (or None)")
+    except BaseException:
+        with contextlib.suppress(Exception):  # the episode never starts: its env is done
+            env.close()
+        raise
     return env, reset, time.monotonic() - started
+
+
+def _close_late(future: Future) -> None:
+    """An environment made after its episode stopped waiting for it."""
+    if future.exception() is None:
+        with contextlib.suppress(Exception):
+            future.result()[0].close()
 
 
 def _done(value: Continuation | None = None) -> Future:
@@ -323,14 +342,21 @@ def _respond(state: _EpisodeState, turn: Completion, setup: EpisodeSetup) -> Fut
             if outcome.done():
                 return
             state.env_s += time.monotonic() - started
-            if done_future is None:  # the deadline came first
+            if done_future is None:  # the deadline came first: stop the step if it can be
                 state.turns.append(Turn(turn, parsed.message()))
                 state.finish = "timeout"
                 outcome.set_result(None)
+                stop = getattr(state.env, "stop", None)
+                if callable(stop):
+                    stop()
                 return
             try:
                 result = _checked_result(done_future)
                 continuation = _after_step(state, turn, parsed, result, setup)
+            except EnvironmentTimeout:  # the worker's own bound on the step came first
+                state.turns.append(Turn(turn, parsed.message()))
+                state.finish = "timeout"
+                continuation = None
             except EnvironmentFailure as failure:
                 state.turns.append(Turn(turn, parsed.message()))
                 state.finish, state.error = "error", str(failure)
@@ -346,8 +372,10 @@ def _respond(state: _EpisodeState, turn: Completion, setup: EpisodeSetup) -> Fut
 
 def _checked_result(done: Future) -> StepResult:
     error = done.exception()
+    if isinstance(error, EnvironmentTimeout):
+        raise error
     if error is not None:
-        raise EnvironmentFailure(f"step() raised {error!r}")
+        raise EnvironmentFailure(describe_step_error(error))
     result = done.result()
     return result if isinstance(result, StepResult) else check_step(result, "step()")
 

@@ -35,9 +35,11 @@ import jsonschema
 from openrft.errors import ConfigError
 from openrft.net import EndpointFailure, request_with_retries
 from openrft.rollout.tool_calls import MalformedCall, ToolCall
+from openrft.rollout.workers import WorkerProcess
 from openrft.user_code import UserFileError, import_file
 
 WORKER_SCRIPT = Path(__file__).with_name("tool_worker.py")  # run by path: stdlib imports only
+WORKER_START_S = 120.0  # a worker's import of the tools file
 HTTP_ATTEMPTS = 3  # tries of an endpoint that answers 5xx (OpenAI agent RFT retries 3 times)
 HTTP_BACKOFF_S = 0.5  # wait before the second try, doubled before each later one
 ToolErrorKind = typing.Literal[
@@ -161,55 +163,10 @@ def load_tool_functions(path: str | Path) -> dict[str, Callable[..., Any]]:
 # -- calling ---------------------------------------------------------------------------------
 
 
-class _Worker:
-    """One child process answering tool calls from the tools file, one at a time."""
-
-    def __init__(self, tools_file: Path):
-        self.process = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(WORKER_SCRIPT), str(tools_file)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-        )
-        self.ready = self._answer(timeout_s=120.0)
-
-    def _answer(self, timeout_s: float) -> dict[str, Any] | None:
-        """The next protocol line, or None when the worker died or did not answer in time."""
-        assert self.process.stdout is not None
-        answer: list[str] = []
-        reader = threading.Thread(target=lambda: answer.append(self.process.stdout.readline()))
-        reader.daemon = True
-        reader.start()
-        reader.join(timeout_s)
-        if not answer or not answer[0]:
-            return None
-        return json.loads(answer[0])
-
-    def call(self, name: str, arguments: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(json.dumps({"name": name, "arguments": arguments}) + "\n")
-            self.process.stdin.flush()
-        except OSError:
-            return {"ok": False, "kind": "crashed", "message": "the tool worker had exited"}
-        answer = self._answer(timeout_s)
-        if answer is not None:
-            return answer
-        if self.process.poll() is None:
-            self.kill()
-            return {"ok": False, "kind": "timeout", "message": f"no answer in {timeout_s:g} s"}
-        code = self.process.returncode
-        return {"ok": False, "kind": "crashed", "message": f"the tool's process exited ({code})"}
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+def _start_worker(tools_file: Path) -> WorkerProcess:
+    """A worker for the tools file; its first line says whether the file loaded."""
+    command = [sys.executable, "-I", "-B", str(WORKER_SCRIPT), str(tools_file)]
+    return WorkerProcess(command, stderr=subprocess.DEVNULL)
 
 
 class ToolBox:
@@ -233,9 +190,9 @@ class ToolBox:
             self.schemas.setdefault(name, _endpoint_schema(name))
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._idle: queue.Queue[WorkerProcess] = queue.Queue()
         self._slots = threading.BoundedSemaphore(max_workers)
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerProcess] = []
         self._lock = threading.Lock()
 
     @property
@@ -272,26 +229,31 @@ class ToolBox:
         assert self.tools_file is not None
         with self._slots:
             worker = self._take_worker()
-            if worker.ready is None or not worker.ready.get("ok"):
+            ready = worker.await_ready(WORKER_START_S)
+            if not ready.get("ok"):
                 worker.kill()
-                message = (worker.ready or {}).get("message", "the tool worker did not start")
-                return error_result("crashed", message)
-            answer = worker.call(call.name, call.arguments, self.timeout_s)
+                with self._lock:
+                    self._workers.remove(worker)
+                return error_result("crashed", ready.get("message", "the worker did not start"))
+            payload = {"name": call.name, "arguments": call.arguments}
+            answer = worker.request(payload, self.timeout_s)
             if worker.alive():
                 self._idle.put(worker)
             else:
                 with self._lock:
                     self._workers.remove(worker)
+        if answer.get("kind") == "crashed":
+            return error_result("crashed", f"the tool's process died: {answer['message']}")
         if answer.get("ok"):
             return ToolResult(answer["content"])
         return error_result(answer.get("kind", "tool_error"), answer.get("message", ""))
 
-    def _take_worker(self) -> _Worker:
+    def _take_worker(self) -> WorkerProcess:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
             assert self.tools_file is not None
-            worker = _Worker(self.tools_file)
+            worker = _start_worker(self.tools_file)
             with self._lock:
                 self._workers.append(worker)
             return worker

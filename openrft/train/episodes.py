@@ -38,10 +38,12 @@ from openrft.rollout.agent_proxy import AgentProxy
 from openrft.rollout.agents import run_agent_episodes, run_external_episodes
 from openrft.rollout.bridge import ChatBridge
 from openrft.rollout.environment import (
+    EnvironmentWorkers,
+    InProcessEnvironments,
     Runner,
     ToolEnvironment,
-    UserEnvironment,
     load_environment_factory,
+    user_environments,
 )
 from openrft.rollout.episodes import Episode, EpisodeLimits, EpisodeSetup, run_episodes
 from openrft.rollout.openenv_env import OpenEnvService, OpenEnvSettings
@@ -90,6 +92,7 @@ class EpisodeJob:
     agent: Callable[..., Any] | None = None  # env.agent's function
     proxy: AgentProxy | None = None  # serves the agent's calls (started on the first run)
     verifiers: VerifiersWorker | None = None  # env.verifiers: the worker running its episodes
+    environments: EnvironmentWorkers | InProcessEnvironments | None = None  # env.environment's
     announced: Path | None = None  # RUN_DIR/agent.json while external agents may connect
 
     @property
@@ -192,6 +195,8 @@ class EpisodeJob:
             self.proxy.stop()
         if self.verifiers is not None:
             self.verifiers.close()
+        if self.environments is not None:
+            self.environments.close()
         if self.announced is not None:
             self.announced.unlink(missing_ok=True)
 
@@ -219,6 +224,7 @@ def episode_job(
     service: RemoteService | OpenEnvService | None = None
     agent: Callable[..., Any] | None = None
     verifiers: VerifiersWorker | None = None
+    environments: EnvironmentWorkers | InProcessEnvironments | None = None
     if env.tools or env.tool_endpoints:
         tools = ToolBox(
             builtin_file(env.tools, "tools", "env.tools") or None,
@@ -303,11 +309,13 @@ def episode_job(
 
     else:
         reference = builtin_reference(env.environment, "envs", "env.environment", "make_env")
-        factory = load_environment_factory(reference)
+        environments = user_environments(
+            reference, env.isolation, env.episode_timeout_s, env.environment
+        )
         parser_name, parser = _environment_parser(env, tokenizer)
 
         def make_env(example: Example) -> Any:
-            return UserEnvironment(factory(example.item()), env.environment)
+            return environments.make(example.item())
 
     bridges: dict[str, ChatBridge] = {}
 
@@ -335,7 +343,17 @@ def episode_job(
         end_token_ids,
         config.rollout.stop,
     )
-    job = EpisodeJob(setup, env, tools, parser_name, template, service, agent, verifiers=verifiers)
+    job = EpisodeJob(
+        setup,
+        env,
+        tools,
+        parser_name,
+        template,
+        service,
+        agent,
+        verifiers=verifiers,
+        environments=environments,
+    )
     if job.external:
         job.agent_proxy()  # listening from the start: agents may connect before step 1
     return job
