@@ -9,7 +9,8 @@ resolved like training does (`resolve_model_dir`: alias, HF directory or .gguf f
 - peft: the adapter as trained (adapter_config.json, adapter_model.safetensors, tokenizer).
 - merged: base + adapter merged (`merge_and_unload`), saved as safetensors with the
   tokenizer; a full fine-tuning run's weights are saved as they are, cast to `dtype`.
-- gguf: one GGUF file (llama or qwen2 architecture; F32, F16 or BF16 tensors) written with
+- gguf: one GGUF file (llama or qwen2 architecture; F32, F16 or BF16 tensors, or with --quant
+  block-quantized matrices: gguf's quantizers, openrft.gguf_kquants for the k-quants) written with
   the `gguf` package the way llama.cpp's convert_hf_to_gguf.py lays it out: llama's Q/K rows
   permuted for rope, tied output embeddings left out, and the byte-level BPE tokenizer
   (tokens, scores, types, merges, special ids, chat template) as metadata.
@@ -30,7 +31,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from openrft import gguf_kquants
 from openrft.errors import ModelError, RFTError
+from openrft.gguf_kquants import FALLBACK, MIXTURES, QK_K, tensor_type
 from openrft.models.load import resolve_model_dir
 
 FORMATS = ("peft", "merged", "gguf")
@@ -40,15 +43,15 @@ GGUF_TYPES = {
     "float16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bfloat16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
 }
-# Block-quantized GGUF types (`--quant`): what the gguf package can write. Its k-quants
-# (q4_k, q6_k, ...) raise NotImplementedError in gguf 0.19, so they are not offered.
+# Block-quantized GGUF types (`--quant`): the 32-value block types gguf's own quantizer writes,
+# then the k-quant mixtures openrft.gguf_kquants writes (gguf 0.19 cannot): (main type, file type).
 GGUF_QUANTS = {
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
     "q5_1": (gguf.GGMLQuantizationType.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
     "q5_0": (gguf.GGMLQuantizationType.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
     "q4_1": (gguf.GGMLQuantizationType.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
     "q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
-}
+} | {name: (main, file_type) for name, (main, _, file_type) in MIXTURES.items()}
 # transformers model_type -> GGUF architecture (Mistral-style llamas are "llama" in llama.cpp)
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 ROPE_PERMUTED = {gguf.MODEL_ARCH.LLAMA}  # llama.cpp stores these Q/K rows interleaved for rope
@@ -112,14 +115,14 @@ def export(
     source: str | Path, fmt: str, out: str | Path, dtype: str = "float32", quant: str = ""
 ) -> Path:
     """Export the run at `source` to `out`; returns the written directory or file. `quant`
-    (gguf only) block-quantizes the weight matrices: q8_0, q5_1, q5_0, q4_1 or q4_0."""
+    (gguf only) block-quantizes the weight matrices: one of GGUF_QUANTS."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     if quant and (fmt != "gguf" or quant not in GGUF_QUANTS):
         choices = ", ".join(GGUF_QUANTS)
-        raise ExportError(f"--quant {quant!r}: gguf only, one of {choices} (k-quants: not yet)")
+        raise ExportError(f"--quant {quant!r}: gguf only, one of {choices}")
     weights = locate_weights(source)
     out = Path(out).expanduser()
     if fmt == "gguf":
@@ -222,14 +225,31 @@ def write_gguf(
         _add_architecture(writer, config, file_type)
         vocab_rows = model.get_input_embeddings().weight.shape[0]
         _add_tokenizer(writer, tokenizer, vocab_rows, pre or pre_tokenizer_name(tokenizer))
-        _add_tensors(writer, model, arch, tensor_type)
+        types = _add_tensors(writer, model, arch, dtype, tensor_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
     finally:
         writer.close()
     os.replace(tmp, path)
+    if dtype in GGUF_QUANTS:
+        _report_types(dtype, types)
     return path
+
+
+def _report_types(kind: str, types: dict[str, list[str]]) -> None:
+    """Print the matrices' types, naming those that fell back from a k-quant."""
+    counts = ", ".join(f"{len(names)} {name}" for name, names in sorted(types.items()))
+    print(f"openrft: gguf {kind}: weight matrices as {counts}", flush=True)
+    if kind in MIXTURES:
+        fallbacks = sorted({t.name for t in FALLBACK.values()} | {"F16"})
+        fell = [n for t in fallbacks for n in types.get(t, [])]
+        if fell:
+            rule = ", ".join(f"{k.name}->{v.name}" for k, v in FALLBACK.items())
+            shown = ", ".join(fell[:6]) + (", ..." if len(fell) > 6 else "")
+            print(f"openrft: {len(fell)} matrices have rows that are not whole {QK_K}-value "
+                  f"super-blocks and fell back ({rule}; F16 if not whole 32-blocks): {shown}",
+                  flush=True)  # fmt: skip
 
 
 def _add_architecture(writer: gguf.GGUFWriter, config, file_type: int) -> None:
@@ -320,10 +340,12 @@ def _add_special_tokens(writer: gguf.GGUFWriter, tokenizer) -> None:
 
 
 def _add_tensors(
-    writer: gguf.GGUFWriter, model: PreTrainedModel, arch, qtype: gguf.GGMLQuantizationType
-) -> None:
-    """Every weight under its GGUF name; 1-D tensors (norms, biases) stay F32, as in llama.cpp."""
+    writer: gguf.GGUFWriter, model: PreTrainedModel, arch, kind: str, main_type
+) -> dict[str, list[str]]:
+    """Every weight under its GGUF name; 1-D tensors (norms, biases) stay F32, as in llama.cpp.
+    Returns the GGUF names of the matrices by type written."""
     config = model.config
+    written: dict[str, list[str]] = {}
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     for name, tensor in model.state_dict().items():
@@ -337,15 +359,32 @@ def _add_tensors(
             array = rope_permute(array, config.num_attention_heads)
         elif arch in ROPE_PERMUTED and name.endswith(("k_proj.weight", "k_proj.bias")):
             array = rope_permute(array, config.num_key_value_heads)
-        block = gguf.GGML_QUANT_SIZES[qtype][0]
-        if array.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+        if array.ndim == 1:
             writer.add_tensor(gguf_name, np.ascontiguousarray(array))
-        elif qtype == gguf.GGMLQuantizationType.F16 or array.shape[-1] % block:
-            # A row that is not whole blocks cannot be block-quantized: F16, as llama.cpp does.
+            continue
+        layers = config.num_hidden_layers
+        qtype = _matrix_type(kind, main_type, gguf_name, array.shape, layers, tied)
+        written.setdefault(qtype.name, []).append(gguf_name)
+        if qtype == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(gguf_name, np.ascontiguousarray(array))
+        elif qtype == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(gguf_name, array.astype(np.float16))
         else:
-            data = gguf.quants.quantize(array, qtype)
+            data = gguf_kquants.quantize(array, qtype)
             writer.add_tensor(gguf_name, data, raw_dtype=qtype)
+    return written
+
+
+def _matrix_type(kind: str, main_type, gguf_name: str, shape, n_layers: int, tied: bool):
+    """A k-quant mixture's rule for this matrix; else `main_type`, F16 where a row is not whole
+    blocks (it cannot be block-quantized: F16, as llama.cpp does)."""
+    if kind in MIXTURES:
+        return tensor_type(kind, gguf_name, shape, n_layers, tied)
+    if main_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return main_type
+    if shape[-1] % gguf.GGML_QUANT_SIZES[main_type][0]:
+        return gguf.GGMLQuantizationType.F16
+    return main_type
 
 
 def rope_permute(weights: np.ndarray, n_head: int) -> np.ndarray:

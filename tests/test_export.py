@@ -13,7 +13,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from openrft.export import ExportError, export, locate_weights, rope_permute
+from openrft.cli.sft import EXPORT_QUANTS
+from openrft.export import GGUF_QUANTS, ExportError, export, locate_weights, rope_permute
 from openrft.train.loop import train
 from tests.train.helpers import tiny_job
 
@@ -108,11 +109,34 @@ def test_quantized_gguf_loads_back_and_generates(lora_run, tiny_model_dir, tmp_p
     assert generated.shape[1] > ids.shape[1]
 
 
-def test_quantizing_is_gguf_only_and_k_quants_are_refused(lora_run, tmp_path):
+def test_quantizing_is_gguf_only_and_unknown_types_list_all(lora_run, tmp_path):
     with pytest.raises(ExportError, match="gguf only"):
         export(lora_run, "merged", tmp_path / "m", quant="q8_0")
-    with pytest.raises(ExportError, match="k-quants"):
-        export(lora_run, "gguf", tmp_path / "g", quant="q4_k")
+    with pytest.raises(ExportError, match="q4_0, q4_k_m, q5_k_m, q4_k, q5_k, q6_k"):
+        export(lora_run, "gguf", tmp_path / "g", quant="q3_k")
+    assert tuple(GGUF_QUANTS) == EXPORT_QUANTS  # the CLI's choices
+
+
+def test_k_quant_export_falls_back_where_rows_are_not_256_wide(lora_run, tiny_model_dir, tmp_path,
+                                                               capsys):  # fmt: skip
+    # The tiny model's rows are 64 and 128 wide: q4_k_m writes Q5_0 (Q4_K's fallback) and
+    # Q8_0 (Q6_K's) instead, and says so; tests/test_gguf_kquants.py covers 256-wide rows.
+    path = export(lora_run, "gguf", tmp_path / "gguf", quant="q4_k_m")
+    assert path.name == "model-q4_k_m.gguf"
+    assert "fell back (Q4_K->Q5_0" in capsys.readouterr().out
+    reader = gguf.GGUFReader(path)
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == "Q5_0" and kinds["blk.0.attn_v.weight"] == "Q8_0"
+    assert kinds["blk.0.attn_norm.weight"] == "F32"
+    file_type = reader.get_field("general.file_type").contents()
+    assert file_type == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(lora_run / "final")
+    expected = _trained_logits(lora_run, tiny_model_dir)
+    error = (_logits(model, tokenizer) - expected).abs().mean() / expected.abs().mean()
+    assert 0 < error < 0.1
 
 
 def test_full_fine_tuning_exports_merged_and_refuses_peft(tmp_path, tiny_model_dir):

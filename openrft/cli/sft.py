@@ -3,7 +3,7 @@
 openrft sft CONFIG [--output RUN_DIR] [--max-steps N] [--set k=v ...] [--from-reference]
 openrft sft --resume RUN_DIR
 openrft export RUN_DIR --format peft|merged|gguf --out PATH [--dtype float32|bfloat16|float16]
-                                                          [--quant q8_0|q5_1|q5_0|q4_1|q4_0]
+                         [--quant q8_0|q5_1|q5_0|q4_1|q4_0|q4_k_m|q5_k_m|q4_k|q5_k|q6_k]
 
 Heavy imports (torch, transformers) happen inside the handlers, so `openrft --help` stays fast.
 """
@@ -18,7 +18,8 @@ from openrft.cli.args import EXIT_STOPPED, add_run_arguments, default_run_dir
 
 EXPORT_FORMATS = ("peft", "merged", "gguf")  # openrft.export.FORMATS
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")  # openrft.export.DTYPES
-EXPORT_QUANTS = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # openrft.export.GGUF_QUANTS
+# openrft.export.GGUF_QUANTS (tests/test_export.py checks they agree)
+EXPORT_QUANTS = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q4_k_m", "q5_k_m", "q4_k", "q5_k", "q6_k")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -42,7 +43,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--dtype", default="float32", choices=EXPORT_DTYPES, help="merged/gguf weights dtype"
     )
     export.add_argument(
-        "--quant", default="", choices=EXPORT_QUANTS, help="gguf: block-quantized weights"
+        "--quant",
+        default="",
+        choices=EXPORT_QUANTS,
+        help="gguf: block-quantized weights (the k-quant mixtures: docs/serving.md)",
     )
     export.set_defaults(handler=cmd_export)
 
