@@ -10,6 +10,17 @@ from pathlib import Path
 EXIT_STOPPED = 75  # stopped on request (SIGTERM) after a checkpoint; resume with --resume
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """--set SECTION.KEY=VALUE (repeatable): what every command that reads a config takes."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """CONFIG, --output, --resume, --max-steps, --set and --no-progress: a training run's
     arguments, the same for `openrft train` and `openrft sft`."""
@@ -19,13 +30,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
     )
     parser.add_argument("--max-steps", type=int, help="override train.max_steps")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config field",
-    )
+    add_set_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
 
 

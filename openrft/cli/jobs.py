@@ -23,6 +23,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from openrft.cli.args import add_set_argument
+
 
 def add_commands(commands: Any) -> None:
     """Register `server` and `jobs` on the `openrft` sub-command parser."""
@@ -70,7 +72,7 @@ def add_commands(commands: Any) -> None:
     create = actions.add_parser("create", parents=[common], help="submit a job from a config")
     create.add_argument("config", help="job config (TOML)")
     create.add_argument("--name", help="job name (default: the config's name)")
-    create.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_set_argument(create)
     create.set_defaults(handler=cmd_create)
     listing = actions.add_parser("list", parents=[common], help="list jobs, newest first")
     listing.add_argument("--status", help="only jobs with this status (e.g. InProgress)")

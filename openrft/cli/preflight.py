@@ -18,6 +18,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from openrft.cli.args import add_set_argument
+
 EXIT_WONT_FIT = 1
 
 
@@ -27,13 +29,7 @@ def add_commands(commands: Any) -> None:
         "preflight", help="estimate a job's peak memory and time per step before running it"
     )
     parser.add_argument("config", nargs="?", help="job config (TOML); defaults when omitted")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config field",
-    )
+    add_set_argument(parser)
     parser.add_argument(
         "--no-calibrate",
         action="store_true",

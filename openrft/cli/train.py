@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openrft.cli.args import EXIT_STOPPED, add_run_arguments, default_run_dir
+from openrft.cli.args import EXIT_STOPPED, add_run_arguments, add_set_argument, default_run_dir
 from openrft.errors import RFTError
 
 RECIPES = Path(__file__).parent.parent / "recipes"
@@ -32,18 +32,12 @@ def add_commands(commands: Any) -> None:
         "demo", help="RFT SmolLM2-135M on SST-2 on this CPU and show the gain"
     )
     demo.add_argument("--output", help="run directory (default: runs/sst2-smollm2-<time>)")
-    demo.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config field",
-    )
+    add_set_argument(demo)
     demo.set_defaults(handler=cmd_demo)
 
     config = commands.add_parser("config", help="print a resolved config with each field's comment")
     config.add_argument("config", nargs="?", help="job config (TOML); defaults when omitted")
-    config.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_set_argument(config)
     config.set_defaults(handler=cmd_config)
 
 

@@ -12,11 +12,13 @@ ranges of each step's rollouts, so a request costs what is new, not the whole fi
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -150,6 +152,18 @@ class JsonlCache:
         except OSError:
             return None
 
+    @contextlib.contextmanager
+    def _caught_up(self) -> Iterator[None]:
+        """Hold the lock, with everything appended since the last call read in."""
+        opened = self._open()
+        with self.lock:
+            try:
+                self._refresh(opened)
+            finally:
+                if opened is not None:
+                    opened.close()
+            yield
+
 
 class MetricsCache(JsonlCache):
     """metrics.jsonl parsed once; `after(step)` finds its place by bisection while the steps
@@ -175,13 +189,7 @@ class MetricsCache(JsonlCache):
         self.steps.append(step if isinstance(step, int | float) else 0)
 
     def after(self, after: int | None) -> list[dict[str, Any]]:
-        opened = self._open()
-        with self.lock:
-            try:
-                self._refresh(opened)
-            finally:
-                if opened is not None:
-                    opened.close()
+        with self._caught_up():
             if after is None:
                 return list(self.records)
             if self.ordered:
@@ -203,13 +211,7 @@ class RolloutsCache(JsonlCache):
             self.ranges.setdefault(step, []).append((offset, len(line)))
 
     def steps(self) -> list[int]:
-        opened = self._open()
-        with self.lock:
-            try:
-                self._refresh(opened)
-            finally:
-                if opened is not None:
-                    opened.close()
+        with self._caught_up():
             return sorted(self.ranges)
 
     def records(self, step: int) -> list[dict[str, Any]]:

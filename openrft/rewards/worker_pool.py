@@ -21,7 +21,6 @@ import importlib
 import json
 import math
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -35,6 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 from openrft.rewards.grader import clip_message
+from openrft.rollout.workers import describe_exit, spawn
 
 SETUP_TIMEOUT_S = 300.0  # a worker's import of the user's code; a hang there is a setup error
 REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is normally gone in milliseconds
@@ -109,17 +109,6 @@ class _Worker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(REAP_TIMEOUT_S)
         return describe_exit(self.process.returncode)
-
-
-def describe_exit(returncode: int | None) -> str:
-    """How a worker ended, in words: "killed by SIGSEGV", "exited with status 3"."""
-    if returncode is None:
-        return "the worker stopped answering"
-    if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
-        hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
-        return f"the worker process was killed by {name or -returncode}{hint}"
-    return f"the worker process exited with status {returncode}"
 
 
 class WorkerPool:
@@ -264,7 +253,7 @@ class WorkerPool:
             "args": self.args,
         }
         try:
-            process = _popen(
+            process = spawn(
                 [sys.executable, "-c", _BOOT, json.dumps(config)],
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
@@ -294,48 +283,6 @@ def _kill_all(workers: set[_Worker], busy: set[_Worker], owner: int) -> None:
         else:
             worker.kill()
     workers.clear()
-
-
-# --- starting processes from a thread that lives as long as this one --------------------------
-# PDEATHSIG fires when the *thread* that started a child ends, not the process, and grade
-# calls run on short-lived threads (BatchTimeout starts one per batch). So children are
-# started from the main thread, or else from one daemon thread kept for the purpose.
-
-_spawner: tuple[int, queue.Queue[Any]] | None = None
-_spawner_lock = threading.Lock()
-
-
-def _popen(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    if threading.current_thread() is threading.main_thread():
-        return subprocess.Popen(command, **kwargs)
-    reply: queue.Queue[Any] = queue.Queue(1)
-    _spawn_queue().put((command, kwargs, reply))
-    result = reply.get()
-    if isinstance(result, BaseException):
-        raise result
-    return result
-
-
-def _spawn_queue() -> queue.Queue[Any]:
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None or _spawner[0] != os.getpid():  # none yet, or lost in a fork
-            requests: queue.Queue[Any] = queue.Queue()
-            thread = threading.Thread(
-                target=_spawn_forever, args=(requests,), name="openrft-worker-spawner", daemon=True
-            )
-            thread.start()
-            _spawner = (os.getpid(), requests)
-        return _spawner[1]
-
-
-def _spawn_forever(requests: queue.Queue[Any]) -> None:
-    while True:
-        command, kwargs, reply = requests.get()
-        try:
-            reply.put(subprocess.Popen(command, **kwargs))
-        except BaseException as exc:  # handed to the caller, who raises it
-            reply.put(exc)
 
 
 # --- the worker side: `python -c _BOOT CONFIG` ------------------------------------------------

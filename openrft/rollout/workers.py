@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is normally gone in milliseconds
-SPAWNER = "openrft-rollout-spawner"  # the thread that starts workers (kept: not a leak)
+SPAWNER = "openrft-worker-spawner"  # the thread that starts workers (kept: not a leak)
 
 
 class WorkerProcess:
@@ -146,7 +146,10 @@ _spawner_lock = threading.Lock()
 
 
 def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """`subprocess.Popen(command, **kwargs)`, run on the spawner thread."""
+    """`subprocess.Popen(command, **kwargs)`, run on the main thread or the spawner thread
+    (the tool, environment and grader worker pools all start their workers here)."""
+    if threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(command, **kwargs)
     global _spawner
     with _spawner_lock:
         if _spawner is None or _spawner[0] != os.getpid():  # none yet, or lost in a fork

@@ -18,10 +18,9 @@ from openrft.errors import GraderError
 from openrft.rewards import PythonFunctionGrader, build_grader
 from openrft.rewards.grader import BatchTimeout
 from openrft.rewards.math_answer import _symbolic_pool, symbolic_match
+from openrft.rollout.workers import SPAWNER  # one per process, kept for PDEATHSIG: not a leak
 
 from ._samples import make_sample
-
-SPAWNER = "openrft-worker-spawner"  # one per process, kept for PDEATHSIG: not a leak
 
 REWARD = """
 import ctypes, os, re, signal
