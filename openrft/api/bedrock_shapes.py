@@ -27,7 +27,6 @@ from openrft.jobs import runfiles
 from openrft.jobs.model import Job, JobStatus
 from openrft.jobs.service import JobService
 from openrft.metrics import names
-from openrft.metrics.usage import usage_totals
 
 T = TypeVar("T")
 ACCOUNT = "000000000000"
@@ -144,13 +143,16 @@ def run_metrics(job: Job, service: JobService) -> dict[str, Any]:
     from the job's metrics.jsonl. Bedrock's `validationMetrics` hold a validation loss, which
     reinforcement fine-tuning does not compute: left out."""
     records = runfiles.read_metrics(service.run_dir(job.id))
-    losses = [
-        float(r[names.LOSS])
-        for r in records
-        if isinstance(r.get(names.LOSS), int | float) and math.isfinite(r[names.LOSS])
-    ]
-    training = {"trainingLoss": losses[-1]} if losses else None
-    return {"trainingMetrics": training, USAGE: usage_totals(records)}
+    loss = next(
+        (
+            float(r[names.LOSS])
+            for r in reversed(records)
+            if isinstance(r.get(names.LOSS), int | float) and math.isfinite(r[names.LOSS])
+        ),
+        None,
+    )
+    training = None if loss is None else {"trainingLoss": loss}
+    return {"trainingMetrics": training, USAGE: runfiles.read_usage(service.run_dir(job.id))}
 
 
 def data_configs(job: Job, service: JobService) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from openrft.api.views import event_view, file_view, iso, job_view, service_of
 from openrft.errors import ConfigError
 from openrft.jobs import runfiles
 from openrft.jobs.model import JobError, parse_status
-from openrft.metrics.usage import usage_totals
 
 router = APIRouter(prefix="/api", tags=["native"])
 
@@ -83,7 +82,7 @@ def get_job(request: Request, job_id: str) -> dict[str, Any]:
     calls: openrft.metrics.usage), summed from its metrics."""
     service = service_of(request)
     job = service.store.get_job(job_id)  # 404 before any file is read
-    usage = usage_totals(runfiles.read_metrics(service.run_dir(job.id)))
+    usage = runfiles.read_usage(service.run_dir(job.id))
     return job_view(job, service) | {"usage": usage}
 
 

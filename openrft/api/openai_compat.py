@@ -305,7 +305,7 @@ def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> di
 def retrieve_job(request: Request, job_id: str) -> dict[str, Any]:
     service = service_of(request)
     job = service.store.get_job(job_id)
-    usage = usage_totals(runfiles.read_metrics(service.run_dir(job.id)))
+    usage = runfiles.read_usage(service.run_dir(job.id))
     return job_object(job, service) | {USAGE: usage}
 
 

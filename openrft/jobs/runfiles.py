@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from openrft.jobs.model import DETAIL_STAGES, JobError, JobNotFound
+from openrft.metrics.usage import RunningUsage
 
 # Latest values kept on the job object (shown by `jobs list` and the dashboard).
 LATEST_KEYS = (
@@ -47,6 +48,12 @@ def read_metrics(run_dir: Path, after: int | None = None) -> list[dict[str, Any]
     """The lines of metrics.jsonl with step > after (all when after is None). The records are
     shared with other callers (cached): read them, do not change them."""
     return _cached(run_dir / "metrics.jsonl", MetricsCache).after(after)
+
+
+def read_usage(run_dir: Path) -> dict[str, int]:
+    """The run's usage totals so far (openrft.metrics.usage), kept as metrics.jsonl grows:
+    a request does not sum the whole file again."""
+    return _cached(run_dir / "metrics.jsonl", MetricsCache).usage_totals()
 
 
 class MetricsTail:
@@ -167,13 +174,15 @@ class JsonlCache:
 
 class MetricsCache(JsonlCache):
     """metrics.jsonl parsed once; `after(step)` finds its place by bisection while the steps
-    rise (they do unless a line is out of order, then it filters)."""
+    rise (they do unless a line is out of order, then it filters); the usage totals are kept
+    up to date line by line."""
 
     def _reset(self) -> None:
         super()._reset()
         self.records: list[dict[str, Any]] = []
         self.steps: list[int | float] = []
         self.ordered = True
+        self.usage = RunningUsage()
 
     def _add(self, line: bytes, offset: int) -> None:
         try:
@@ -187,6 +196,11 @@ class MetricsCache(JsonlCache):
             self.ordered = False
         self.records.append(record)
         self.steps.append(step if isinstance(step, int | float) else 0)
+        self.usage.add(record)
+
+    def usage_totals(self) -> dict[str, int]:
+        with self._caught_up():
+            return dict(self.usage.totals)
 
     def after(self, after: int | None) -> list[dict[str, Any]]:
         with self._caught_up():

@@ -14,26 +14,51 @@ JUDGE_PROMPT_COMPONENT = "judge/prompt_tokens"  # openrft.rewards.judge's grade 
 JUDGE_COMPLETION_COMPONENT = "judge/completion_tokens"
 
 
+def step_usage(record: Mapping[str, Any]) -> dict[str, int] | None:
+    """One metrics line's `usage/*` counts, or None for a line without them (step 0, a
+    validation-only line)."""
+    step = record.get(names.STEP)
+    if not isinstance(step, int) or step <= 0:
+        return None
+    counts = {
+        key.removeprefix(names.USAGE_PREFIX): int(value)
+        for key, value in record.items()
+        if key.startswith(names.USAGE_PREFIX) and isinstance(value, int | float)
+    }
+    return counts or None
+
+
+class RunningUsage:
+    """Usage totals kept up to date one metrics line at a time (the job server's metrics
+    cache feeds it): a step logged twice (a resumed run rewrites the steps after its
+    checkpoint) counts once, its last line winning."""
+
+    def __init__(self, last_step: int | None = None):
+        self.last_step = last_step  # count steps up to this one (a checkpoint's); None: all
+        self.by_step: dict[int, dict[str, int]] = {}
+        self.totals: dict[str, int] = {}
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        counts = step_usage(record)
+        if counts is None:
+            return
+        step = record[names.STEP]
+        if self.last_step is not None and step > self.last_step:
+            return
+        for name, value in self.by_step.pop(step, {}).items():
+            self.totals[name] -= value
+        self.by_step[step] = counts
+        for name, value in counts.items():
+            self.totals[name] = self.totals.get(name, 0) + value
+
+
 def usage_totals(
     records: Iterable[Mapping[str, Any]], last_step: int | None = None
 ) -> dict[str, int]:
-    """The run's totals: each step's `usage/*` counts summed, a step logged twice (a resumed
-    run rewrites the steps after its checkpoint) counted once, its last line winning.
-    `last_step`: the totals up to that step (a checkpoint's), not the whole run's."""
-    by_step: dict[int, Mapping[str, Any]] = {}
+    """The run's totals: each step's `usage/*` counts summed, a step logged twice counted
+    once, its last line winning. `last_step`: the totals up to that step (a checkpoint's),
+    not the whole run's."""
+    running = RunningUsage(last_step)
     for record in records:
-        step = record.get(names.STEP)
-        if (
-            isinstance(step, int)
-            and step > 0
-            and (last_step is None or step <= last_step)
-            and any(k.startswith(names.USAGE_PREFIX) for k in record)
-        ):
-            by_step[step] = record
-    totals: dict[str, int] = {}
-    for record in by_step.values():
-        for key, value in record.items():
-            if key.startswith(names.USAGE_PREFIX) and isinstance(value, int | float):
-                name = key.removeprefix(names.USAGE_PREFIX)
-                totals[name] = totals.get(name, 0) + int(value)
-    return totals
+        running.add(record)
+    return dict(running.totals)

@@ -134,3 +134,27 @@ def test_cached_reads_follow_appends_replacements_and_rewrites(tmp_path):
 def test_cached_metrics_out_of_order_are_filtered(tmp_path):
     append(tmp_path / "metrics.jsonl", {"step": 3}, {"step": 1}, {"step": 5}, {"epoch": 1})
     assert [r.get("step") for r in runfiles.read_metrics(tmp_path, after=2)] == [3, 5]
+
+
+def test_cached_usage_totals_follow_the_file(tmp_path):
+    """The job API's usage comes from the cache, kept line by line: equal to summing the
+    file, a step rewritten by a resumed run counted once (its last line), a replaced file
+    counted afresh."""
+    from openrft.metrics.usage import usage_totals
+
+    path = tmp_path / "metrics.jsonl"
+
+    def line(step, tokens):
+        return json.dumps({"step": step, "usage/sampled_tokens": tokens, "usage/tool_calls": 1})
+
+    path.write_text("".join(line(s, 10 * s) + "\n" for s in (1, 2, 3)) + '{"step": 0}\n')
+    assert runfiles.read_usage(tmp_path) == {"sampled_tokens": 60, "tool_calls": 3}
+    with path.open("a") as f:
+        f.write(line(3, 5) + "\n" + line(4, 7) + "\n")  # step 3 again, after a resume
+    records = runfiles.read_metrics(tmp_path)
+    assert runfiles.read_usage(tmp_path) == usage_totals(records)
+    assert runfiles.read_usage(tmp_path) == {"sampled_tokens": 42, "tool_calls": 4}
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_text(line(1, 100) + "\n")
+    replacement.replace(path)
+    assert runfiles.read_usage(tmp_path) == {"sampled_tokens": 100, "tool_calls": 1}
