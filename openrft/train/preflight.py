@@ -270,8 +270,10 @@ def estimate_memory(
     if packed:
         groups = min(math.ceil(micro / group) + (micro % group != 0), train.prompts_per_step)
         tokens = groups * prompt + micro * response
-    # A bf16 model runs its decoder under bf16 autocast (LoRA included): bf16 activations.
-    per_token = (ACTIVATION_HIDDEN * arch.hidden + ACTIVATION_MLP * arch.intermediate) * (
+    # A bf16 model runs its decoder under bf16 autocast (LoRA included): the MLP's values are
+    # bf16, but the RMSNorms upcast to float32 and keep their float32 values for backward, so
+    # the hidden-sized part is counted at 4 bytes (measured: Qwen2.5-0.5B bf16, docs/preflight.md).
+    per_token = ACTIVATION_HIDDEN * arch.hidden * 4 + ACTIVATION_MLP * arch.intermediate * (
         weight_bytes
     )
     terms["activations"] = tokens * arch.layers * per_token
