@@ -45,7 +45,8 @@ def tool_schema_problems(tools: Any) -> list[tuple[str, str]]:
             problems.append((f"{field}.name", "must be a non-empty string"))
         elif name in names:
             problems.append((f"{field}.name", f"{name!r} is declared twice"))
-        names.add(name)
+        else:
+            names.add(name)
         parameters = function.get("parameters", {"type": "object"})
         if not isinstance(parameters, dict):
             problems.append((f"{field}.parameters", "must be a JSON Schema object"))
