@@ -105,3 +105,17 @@ def build_tool_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = CHATML_TOOLS
     return tokenizer
+
+
+def load_varied_tiny_model(model_dir: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """The tiny model loaded as openrft loads models, its matrices redrawn with a larger
+    spread (seed 0): replies vary in length and content instead of repeating one token."""
+    from openrft.models.load import load_model
+
+    model, tokenizer = load_model(str(model_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0, 0.3)
+    return model.eval(), tokenizer

@@ -7,18 +7,17 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from process_counts import children, gone, threads, wait_until
 
 from openrft.errors import GraderError
 from openrft.rewards import PythonFunctionGrader, build_grader
 from openrft.rewards.grader import BatchTimeout
 from openrft.rewards.math_answer import _symbolic_pool, symbolic_match
-from openrft.rollout.workers import SPAWNER  # one per process, kept for PDEATHSIG: not a leak
 
 from ._samples import make_sample
 
@@ -45,30 +44,6 @@ def write_reward(folder: Path, source: str = REWARD) -> str:
     path = folder / "reward.py"
     path.write_text(textwrap.dedent(source))
     return f"{path}:reward"
-
-
-def threads() -> set[int]:
-    return {t.ident or 0 for t in threading.enumerate() if t.name != SPAWNER}
-
-
-def children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(check, within_s: float = 2.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_spinning_samples_time_out_and_nothing_outlives_them(tmp_path: Path) -> None:

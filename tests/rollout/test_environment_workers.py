@@ -8,13 +8,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
+from process_counts import children, gone, threads
+from process_counts import wait_until as wait_briefly
 from tiny_model import build_tool_tokenizer
 
 from openrft.config import load_config
@@ -22,7 +23,6 @@ from openrft.data.render import encode_prompt
 from openrft.errors import ConfigError
 from openrft.rollout.environment import EnvironmentWorkers, user_environments
 from openrft.rollout.episodes import run_episodes
-from openrft.rollout.workers import SPAWNER
 from openrft.train.episodes import episode_job
 from openrft.types import Example, SamplingParams
 
@@ -101,28 +101,8 @@ def row(kind: str = "", index: int = 0, length: int = 2) -> Example:
     return Example(f"r{index}", ({"role": "user", "content": "play"},), "5", metadata)
 
 
-def threads() -> set[int]:
-    return {t.ident or 0 for t in threading.enumerate() if t.name != SPAWNER}
-
-
-def children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def wait_until(check, within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return wait_briefly(check, within_s)  # environment workers get longer than graders
 
 
 def run(tokenizer, reference, rows, isolation="process", overrides=(), n=1, environments=None):

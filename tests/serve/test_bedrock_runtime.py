@@ -20,15 +20,13 @@ from typing import Any
 
 import boto3
 import pytest
-import torch
 from botocore.config import Config
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 from botocore.exceptions import ClientError
-from tiny_model import CHATML_TOOLS
+from tiny_model import CHATML_TOOLS, load_varied_tiny_model
 
 from openrft.data.from_logs import rows_from_logs
 from openrft.data.render import encode_prompt
-from openrft.models.load import load_model
 from openrft.serve.app import ChatModel, build_app
 from openrft.serve.bedrock_common import text_pieces
 from openrft.serve.eventstream import encode_message, event_message
@@ -94,15 +92,10 @@ class ScriptedChat(ChatModel):
 
 @pytest.fixture(scope="module")
 def chat(tiny_model_dir: Path) -> ScriptedChat:
-    model, tokenizer = load_model(str(tiny_model_dir))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() > 1:
-                weight.normal_(0, 0.3)
+    model, tokenizer = load_varied_tiny_model(tiny_model_dir)
     tokenizer.chat_template = CHATML_TOOLS  # ChatML that can also show tools
     # An id like MODEL+ADAPTER paths: boto3 percent-encodes its "/" and "+" into the URL.
-    return ScriptedChat(model.eval(), tokenizer, f"{tiny_model_dir}+runs/demo/final")
+    return ScriptedChat(model, tokenizer, f"{tiny_model_dir}+runs/demo/final")
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ import pytest
 import torch
 from botocore.config import Config
 from botocore.exceptions import EventStreamError
+from tiny_model import load_varied_tiny_model
 
-from openrft.models.load import load_model
 from openrft.rollout.openai_chat import parse_request
 from openrft.serve.app import ChatModel, build_app
 from openrft.serve.batching import Batcher
@@ -83,13 +83,8 @@ class LockedChat(ChatModel):
 
 @pytest.fixture(scope="module")
 def chat(tiny_model_dir: Path) -> LockedChat:
-    model, tokenizer = load_model(str(tiny_model_dir))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() > 1:
-                weight.normal_(0, 0.3)
-    return LockedChat(model.eval(), tokenizer, "tiny")
+    model, tokenizer = load_varied_tiny_model(tiny_model_dir)
+    return LockedChat(model, tokenizer, "tiny")
 
 
 @pytest.fixture(scope="module")
