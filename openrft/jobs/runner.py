@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from openrft.config import JobsConfig
 from openrft.jobs import runfiles
@@ -286,14 +287,13 @@ class Runner:
             tail = failure_message(returncode, run_dir).partition("\n")[2]
             self._fail(job, message + (f"\n{tail}" if tail else ""))
             return
-        checkpoints = list_checkpoints(run_dir)
-        where = f"checkpoints/{checkpoints[-1].name}" if checkpoints else "the start"
         counted = {**job.extra, RESTARTS: restarts + 1}
         step = f"restart {restarts + 1} of {limit}"
         if returncode is None or job.status is not S.IN_PROGRESS:
-            self.store.update_job(job.id, extra=counted)
-            self._requeue(self.store.get_job(job.id), f"{cause}; {step}")
+            self._requeue(job, f"{cause}; {step}", extra=counted)
             return
+        checkpoints = list_checkpoints(run_dir)
+        where = f"checkpoints/{checkpoints[-1].name}" if checkpoints else "the start"
         try:
             worker = spawn_worker(job.id, run_dir, worker_command(run_dir, True, self.python))
         except OSError as exc:
@@ -345,7 +345,7 @@ class Runner:
             status_details=details,
         )
 
-    def _requeue(self, job: Job, why: str) -> None:
+    def _requeue(self, job: Job, why: str, **changes: Any) -> None:
         """Back to the queue, ahead of jobs queued after it had started."""
         self.store.transition(
             job.id,
@@ -354,6 +354,7 @@ class Runner:
             level="warning",
             resume=True,
             queued_at=job.queued_at,
+            **changes,
         )
 
     # -- restart recovery -------------------------------------------------------------------
